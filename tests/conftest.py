@@ -1,0 +1,88 @@
+"""Shared fixtures: synthetic IDX datasets for fast tests, and the real MNIST files for integration tests."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
+
+
+def idx_bytes(array: torch.Tensor) -> bytes:
+    """Encode a uint8 tensor as an IDX file (images [N, 28, 28] or labels [N])."""
+    magic = 0x00000800 | array.dim()
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.to(torch.uint8).contiguous().numpy().tobytes()
+
+
+def write_idx_dataset(folder: Path, train: int = 64, test: int = 32, gz: bool = True, seed: int = 0) -> Path:
+    """Four IDX files of a learnable toy problem: class k is a bright bar at row 2k + 4."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = torch.randint(0, 10, (count,), generator=generator)
+        images = torch.randint(0, 40, (count, 28, 28), generator=generator)
+        for i, label in enumerate(labels.tolist()):
+            images[i, 2 * label + 4, 4:24] = 250
+        for name, tensor in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            data = idx_bytes(tensor)
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.fixture
+def toy_dir(tmp_path: Path) -> Path:
+    return write_idx_dataset(tmp_path / "toy")
+
+
+@pytest.fixture
+def toy_dataset(tmp_path: Path):
+    """A registered dataset named 'toy' (no MD5 pins) with its files in a flat folder."""
+    from mnist_nn.data import DATASETS, DatasetSpec, register_dataset
+
+    folder = write_idx_dataset(tmp_path / "toy", train=600, test=200)
+    register_dataset(
+        DatasetSpec(
+            name="toy",
+            title="toy bars",
+            classes=tuple(str(d) for d in range(10)),
+            mean=0.2,
+            std=0.3,
+            torchvision_class="Toy",
+            train_size=600,
+            test_size=200,
+        )
+    )
+    yield folder
+    DATASETS.pop("toy", None)
+
+
+def real_mnist_dir() -> Path | None:
+    candidate = Path(os.environ.get("MNIST_NN_DATA") or SHARED_MNIST)
+    if all((candidate / f"{n}.gz").exists() or (candidate / n).exists() for n in _NAMES):
+        return candidate
+    return None
+
+
+_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The real MNIST files; a failure, not a skip, when MNIST_NN_REQUIRE_DATA=1 (as in CI)."""
+    found = real_mnist_dir()
+    if found is None:
+        message = "real MNIST not found: set MNIST_NN_DATA to the folder with the four IDX files"
+        if os.environ.get("MNIST_NN_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found

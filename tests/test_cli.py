@@ -1,0 +1,225 @@
+"""Every user mistake: one line on stderr, a non-zero exit, no traceback, nothing half-written."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_nn.cli import main
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, fragment: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert fragment in lines[0], lines[0]
+
+
+def test_console_script_and_module_entry_points():
+    for command in (["mnist-nn", "--version"], [sys.executable, "-m", "mnist_nn", "--version"]):
+        if command[0] == "mnist-nn":
+            command[0] = str(Path(sys.executable).with_name("mnist-nn"))
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert done.returncode == 0 and done.stdout.startswith("mnist-nn ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--recipe", "nope"], "unknown recipe 'nope'; known recipes: tutorial"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--dataset", "nope"], "unknown dataset 'nope'"),
+        (["--epochs", "0"], "epochs must be a positive integer, got 0"),
+        (["--epochs", "-2"], "epochs must be a positive integer, got -2"),
+        (["--batch-size", "0"], "batch size must be a positive integer, got 0"),
+        (["--batch-size", "-8"], "batch size must be a positive integer, got -8"),
+        (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    ],
+)
+def test_train_rejects_bad_arguments_before_writing_anything(tmp_path, capsys, argv, fragment):
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, "train", "--data-dir", str(tmp_path), "--out", str(out), *argv)
+    assert_one_line_error(code, err, fragment)
+    assert not out.exists()
+
+
+def test_argparse_errors_are_one_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "mnist_nn", "train", "--epochs", "two"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "mnist-nn train: error: argument --epochs: invalid int value: 'two' (see mnist-nn train --help)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        ("missing", "missing t10k-labels-idx1-ubyte"),
+        ("truncated", "truncated: header says"),
+        ("magic", "wrong magic number"),
+        ("count", "holds 200 images but t10k-labels-idx1-ubyte holds 5 labels"),
+        ("checksum", "checksum mismatch"),
+    ],
+)
+def test_train_with_bad_data_leaves_no_run_directory(tmp_path, capsys, toy_dataset, damage, fragment):
+    from conftest import idx_bytes
+
+    labels = toy_dataset / "t10k-labels-idx1-ubyte.gz"
+    content = gzip.decompress(labels.read_bytes())
+    if damage == "missing":
+        labels.unlink()
+    elif damage == "truncated":
+        labels.write_bytes(gzip.compress(content[:-3]))
+    elif damage == "magic":
+        labels.write_bytes(gzip.compress(b"\x00\x00\x09\x99" + content[4:]))
+    elif damage == "count":
+        labels.write_bytes(gzip.compress(idx_bytes(torch.zeros(5, dtype=torch.uint8))))
+    # "checksum": the toy files are valid IDX but not MNIST, so MNIST's pinned MD5s reject them.
+    dataset = "mnist" if damage == "checksum" else "toy"
+    out = tmp_path / "run"
+    code, _, err = run_main(
+        capsys, "train", "--dataset", dataset, "--data-dir", str(toy_dataset), "--out", str(out), "--epochs", "1"
+    )
+    assert_one_line_error(code, err, fragment)
+    assert not out.exists()
+
+
+def test_output_folder_that_cannot_be_written(tmp_path, capsys, toy_dataset):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run_main(
+        capsys, "train", "--dataset", "toy", "--data-dir", str(toy_dataset), "--out", str(blocker / "run")
+    )
+    assert_one_line_error(code, err, f"cannot write to output folder {blocker / 'run'}")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_output_folder_holding_a_run_is_not_overwritten(tmp_path, capsys, toy_dataset):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    code, _, err = run_main(capsys, "train", "--dataset", "toy", "--data-dir", str(toy_dataset), "--out", str(out))
+    assert_one_line_error(code, err, "already exists and is not empty")
+    assert (out / "summary.json").read_text() == "{}"
+
+
+class Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "empty", "garbage", "truncated", "not_ours", "malicious"])
+def test_evaluate_refuses_bad_checkpoints(tmp_path, capsys, kind):
+    path = tmp_path / "model.pt"
+    marker = tmp_path / "payload-ran"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "garbage":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "truncated":
+        torch.save({"format": "mnist-nn-checkpoint", "state_dict": {"w": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    elif kind == "not_ours":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "malicious":
+        with open(path, "wb") as handle:
+            pickle.dump(Payload(str(marker)), handle)
+    code, out, err = run_main(capsys, "evaluate", str(path), "--out", str(tmp_path / "eval"))
+    expected = {
+        "missing": "not found",
+        "folder": "is not a file",
+        "empty": "not a readable checkpoint",
+        "garbage": "checkpoint",  # random bytes fail as unreadable or as refused, both one line
+        "truncated": "not a readable checkpoint",
+        "not_ours": "not an mnist-nn checkpoint",
+        "malicious": "refused",
+    }[kind]
+    assert_one_line_error(code, err, expected)
+    assert not marker.exists()
+    assert not (tmp_path / "eval").exists()
+    assert out == ""
+
+
+def test_models_and_recipes_listings(capsys):
+    code, out, _ = run_main(capsys, "models")
+    assert code == 0 and "tutorial-mlp" in out and "175,306" in out
+    code, out, _ = run_main(capsys, "recipes")
+    assert code == 0 and out.startswith("tutorial ")
+
+
+def test_train_and_evaluate_on_toy_data(tmp_path, capsys, toy_dataset):
+    """The whole CLI path in seconds: run directory, checkpoint, plots, evaluate agreeing with train."""
+    out = tmp_path / "run"
+    code, stdout, err = run_main(
+        capsys,
+        "train",
+        "--dataset",
+        "toy",
+        "--data-dir",
+        str(toy_dataset),
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--val-size",
+        "100",
+        "--lr",
+        "0.003",
+        "--batch-size",
+        "4",
+    )
+    assert code == 0, err
+    assert "[batch   100/125]" in stdout  # the tutorial's log line every 100 batches
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "accuracy.png",
+        "config.json",
+        "loss.png",
+        "metrics.jsonl",
+        "model.pt",
+        "predictions.png",
+        "summary.json",
+    ]
+    for png in ("accuracy.png", "loss.png", "predictions.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3] and all(m["eval_split"] == "val" for m in metrics)
+    summary = json.loads((out / "summary.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"]["epochs"] == 3 and config["data"]["val_size"] == 100
+    assert set(config["versions"]) == {"mnist_nn", "torch", "torchvision", "python"}
+    assert summary["test_accuracy"] > 0.9  # the toy bars are trivially separable
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert checkpoint["model"]["name"] == "tutorial-mlp"
+
+    code, stdout, err = run_main(capsys, "evaluate", str(out / "model.pt"), "--data-dir", str(toy_dataset), "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["test_accuracy"] == summary["test_accuracy"]
+    assert report["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+    assert sum(map(sum, report["confusion_matrix"])) == 200
+    assert (out / "evaluation" / "confusion.png").exists() and (out / "evaluation" / "mistakes.png").exists()
