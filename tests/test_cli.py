@@ -41,7 +41,7 @@ def test_console_script_and_module_entry_points():
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["--recipe", "nope"], "unknown recipe 'nope'; known recipes: tutorial"),
+        (["--recipe", "nope"], "unknown recipe 'nope'; known recipes: cnn-best, cnn-fast, mlp-best, tutorial"),
         (["--model", "nope"], "unknown model 'nope'"),
         (["--dataset", "nope"], "unknown dataset 'nope'"),
         (["--epochs", "0"], "epochs must be a positive integer, got 0"),
@@ -168,7 +168,7 @@ def test_models_and_recipes_listings(capsys):
     code, out, _ = run_main(capsys, "models")
     assert code == 0 and "tutorial-mlp" in out and "175,306" in out
     code, out, _ = run_main(capsys, "recipes")
-    assert code == 0 and out.startswith("tutorial ")
+    assert code == 0 and out.startswith("tutorial ") and "cnn-best" in out
 
 
 def test_train_and_evaluate_on_toy_data(tmp_path, capsys, toy_dataset):
@@ -194,21 +194,16 @@ def test_train_and_evaluate_on_toy_data(tmp_path, capsys, toy_dataset):
     )
     assert code == 0, err
     assert "[batch   100/125]" in stdout  # the tutorial's log line every 100 batches
-    files = sorted(p.name for p in out.iterdir())
-    assert files == [
-        "accuracy.png",
-        "config.json",
-        "loss.png",
-        "metrics.jsonl",
-        "model.pt",
-        "predictions.png",
-        "summary.json",
-    ]
+    summary = json.loads((out / "summary.json").read_text())
+    files = {p.name for p in out.iterdir()}
+    expected = {"accuracy.png", "config.json", "loss.png", "metrics.jsonl", "model.pt", "predictions.png"}
+    expected.add("summary.json")
+    # The best validation epoch is model.pt; the final weights are kept as last.pt when they differ.
+    assert files == expected | ({"last.pt"} if summary["selected_epoch"] != 3 else set())
     for png in ("accuracy.png", "loss.png", "predictions.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and all(m["eval_split"] == "val" for m in metrics)
-    summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"]["epochs"] == 3 and config["data"]["val_size"] == 100
     assert set(config["versions"]) == {"mnist_nn", "torch", "torchvision", "python"}

@@ -22,7 +22,8 @@ def test_tutorial_mlp_is_the_tutorials_network():
 
 
 def test_unknown_model():
-    with pytest.raises(UserError, match="unknown model 'resnet'; known models: tutorial-mlp"):
+    known = "cnn-best, cnn-fast, lenet5, mlp, tutorial-mlp"
+    with pytest.raises(UserError, match=f"unknown model 'resnet'; known models: {known}"):
         build_model("resnet")
 
 
@@ -47,12 +48,15 @@ def test_overrides_and_their_validation():
         ("batch_size", 0, "batch size must be a positive integer, got 0"),
         ("batch_size", -64, "batch size must be a positive integer, got -64"),
         ("lr", 0.0, "learning rate must be positive"),
-        ("val_size", -1, "validation size must not be negative"),
+        ("val_size", -1, "val size must not be negative, got -1"),
+        ("label_smoothing", 1.0, "label smoothing must be in \\[0, 1\\)"),
+        ("schedule", "linear", "unknown schedule .linear."),
+        ("optimizer", "lbfgs", "unknown optimizer .lbfgs."),
     ]:
         with pytest.raises(UserError, match=message):
             get_recipe("tutorial").replace(**{field: value})
 
 
 def test_unknown_recipe():
-    with pytest.raises(UserError, match="unknown recipe 'fast'; known recipes: tutorial"):
+    with pytest.raises(UserError, match="unknown recipe 'fast'; known recipes: cnn-best, cnn-fast, mlp-best, tutorial"):
         get_recipe("fast")

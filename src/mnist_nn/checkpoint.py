@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
 from .errors import UserError
 from .fsutil import atomic_write
 from .models import build_model
+from .version import __version__
 
 FORMAT = "mnist-nn-checkpoint"
 FORMAT_VERSION = 1

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__
 from .device import DEVICE_CHOICES
 from .errors import UserError
+from .version import __version__
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,6 +28,78 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+RECIPE_HELP = {
+    "model": "model name, overriding the recipe's (see `mnist-nn models`)",
+    "dataset": "dataset name: mnist or fashion-mnist",
+    "model_kwargs": "model arguments as JSON, e.g. '{\"hidden\": [512, 512]}'",
+    "epochs": "number of passes over the training set",
+    "batch_size": "training batch size",
+    "optimizer": "adam, adamw or sgd",
+    "lr": "learning rate (the peak, with a schedule)",
+    "schedule": "learning-rate schedule: constant, step, cosine or onecycle",
+    "warmup_epochs": "linear learning-rate warm-up, in epochs (may be fractional)",
+    "label_smoothing": "label smoothing of the cross-entropy loss, 0 to <1",
+    "grad_clip": "clip the gradient norm to this value (0: off)",
+    "ema_decay": "evaluate and save an exponential moving average of the weights (e.g. 0.999; 0: off)",
+    "shuffle": "shuffle the training set every epoch",
+    "seed": "random seed for weights, order, augmentation and validation split",
+    "val_size": "training images held out for validation (selects the best epoch)",
+    "patience": "stop after this many epochs without a better validation accuracy (0: off)",
+    "normalization": "unit ([0, 1]) or standard ((x - mean) / std)",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum for SGD",
+    "weight_decay": "weight decay (decoupled for adamw)",
+    "step_epochs": "for the step schedule: multiply the lr by --gamma every this many epochs",
+    "gamma": "for the step schedule: the factor",
+    "aug_rotate": "augmentation: random rotation up to this many degrees",
+    "aug_shift": "augmentation: random shift up to this many pixels",
+    "aug_scale": "augmentation: random zoom by up to this fraction (0.1: 90%%-110%%)",
+    "aug_shear": "augmentation: random shear up to this many degrees",
+    "aug_elastic": "augmentation: elastic distortion of up to this many pixels (0: off)",
+    "aug_elastic_sigma": "augmentation: smoothness of the elastic distortion, pixels",
+    "channels_last": "channels-last memory format (faster convolutions on CPU)",
+    "eval_batch_size": "batch size for evaluation",
+    "log_every": "print the loss every this many batches",
+}
+
+
+def _recipe_fields() -> list[str]:
+    from dataclasses import fields
+
+    from .recipes import Recipe
+
+    return [f.name for f in fields(Recipe) if f.name not in ("name", "description")]
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Recipe field (--batch-size for batch_size, ...): the recipe is the single source of truth."""
+    from dataclasses import fields
+
+    from .recipes import Recipe
+
+    parsers = {"int": int, "float": float, "str": str, "dict[str, Any]": _json_object}
+    group = parser.add_argument_group("recipe overrides (default: the recipe's value; see `mnist-nn recipes`)")
+    for field in fields(Recipe):
+        if field.name in ("name", "description"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        help_text = RECIPE_HELP.get(field.name, f"recipe field {field.name}")
+        if field.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, type=parsers[str(field.type)], default=None, help=help_text)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="mnist-nn", description="Train, evaluate and use handwritten-digit classifiers.")
     parser.add_argument("--version", action="version", version=f"mnist-nn {__version__}")
@@ -36,19 +108,13 @@ def build_parser() -> Parser:
 
     train = commands.add_parser("train", help="train a recipe and write a run directory")
     train.add_argument("--recipe", default="tutorial", help="named recipe (default: tutorial; see `mnist-nn recipes`)")
-    train.add_argument("--model", help="model name, overriding the recipe's (see `mnist-nn models`)")
-    train.add_argument("--dataset", help="dataset name: mnist or fashion-mnist (default: the recipe's)")
     _add_data_arguments(train)
     train.add_argument("--out", metavar="DIR", help="run directory to create (default: runs/<timestamp>)")
-    train.add_argument("--epochs", type=int, help="number of passes over the training set")
-    train.add_argument("--lr", type=float, help="learning rate")
-    train.add_argument("--batch-size", type=int, help="training batch size")
-    train.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None, help="shuffle every epoch")
-    train.add_argument("--seed", type=int, help="random seed for weights, order and validation split")
-    train.add_argument("--val-size", type=int, help="images held out of training for validation")
+    _add_recipe_arguments(train)
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where to train (default: auto)")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
     train.add_argument("--show", action="store_true", help="also open the plots in a window")
+    train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs in the run directory")
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint on the test set")
     evaluate.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
@@ -70,6 +136,7 @@ def build_parser() -> Parser:
 def _train(args: argparse.Namespace) -> int:
     from .trainer import train
 
+    overrides = {name: getattr(args, name) for name in _recipe_fields()}
     train(
         args.recipe,
         data_dir=args.data_dir,
@@ -77,14 +144,8 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         quiet=args.quiet,
         show=args.show,
-        model=args.model,
-        dataset=args.dataset,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        shuffle=args.shuffle,
-        seed=args.seed,
-        val_size=args.val_size,
+        tensorboard=args.tensorboard,
+        **overrides,
     )
     return 0
 

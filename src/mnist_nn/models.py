@@ -15,25 +15,101 @@ from .errors import UserError
 
 
 class MLP(nn.Sequential):
-    """Flatten, then Linear+ReLU for each hidden width, then a Linear to the classes.
+    """Flatten, then for each hidden width Linear [+ BatchNorm] + ReLU [+ Dropout], then a Linear to the classes.
 
     With the defaults it is exactly the tutorial's network (same layers, same
-    order, same default PyTorch initialization).
+    order, same default PyTorch initialization, so the same weights for a seed).
     """
 
     def __init__(
         self,
         hidden: Sequence[int] = (128, 256, 128, 64),
+        dropout: float = 0.0,
+        batch_norm: bool = False,
         in_features: int = 28 * 28,
         num_classes: int = 10,
     ) -> None:
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
+            layers.append(nn.Linear(width, size, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(nn.ReLU())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
             width = size
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)
+
+
+class LeNet5(nn.Sequential):
+    """LeCun et al. (1998): conv 6@5x5 (padded to keep 28x28), pool, conv 16@5x5, pool, 120, 84, 10.
+
+    Kept classic in shape and size (61,706 parameters); ReLU and max-pooling
+    replace the original's scaled tanh and trainable sub-sampling, as is usual today.
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(
+            nn.Conv2d(1, 6, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+
+def conv_bn(channels_in: int, channels_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(channels_in, channels_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(channels_out),
+        nn.ReLU(),
+    ]
+
+
+class FastCNN(nn.Sequential):
+    """Two strided convolutions (28 -> 14 -> 7) and one linear layer.
+
+    Strides instead of pooling: on a CPU the pooling and full-resolution
+    activations cost more than the arithmetic of such a small net.
+    """
+
+    def __init__(self, channels: Sequence[int] = (32, 64), num_classes: int = 10) -> None:
+        c1, c2 = channels
+        super().__init__(
+            *conv_bn(1, c1, 5, stride=2),
+            *conv_bn(c1, c2, 3, stride=2),
+            nn.Flatten(),
+            nn.Linear(c2 * 7 * 7, num_classes),
+        )
+
+
+class StrongCNN(nn.Sequential):
+    """Three stages of 3x3 conv+BN+ReLU blocks with max-pooling between them, dropout, one linear layer."""
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), dropout: float = 0.3, num_classes: int = 10) -> None:
+        c1, c2, c3 = channels
+        super().__init__(
+            *conv_bn(1, c1, 3),
+            *conv_bn(c1, c1, 3),
+            nn.MaxPool2d(2),
+            *conv_bn(c1, c2, 3),
+            *conv_bn(c2, c2, 3),
+            nn.MaxPool2d(2),
+            *conv_bn(c2, c3, 3),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(c3 * 3 * 3, num_classes),
+        )
 
 
 @dataclass(frozen=True)
@@ -60,6 +136,33 @@ register_model(
         defaults={"hidden": [128, 256, 128, 64]},
     )
 )
+register_model(
+    ModelSpec(
+        name="mlp",
+        description="MLP with configurable widths, batch norm and dropout (default 784-1024-1024-10)",
+        build=MLP,
+        defaults={"hidden": [1024, 1024], "dropout": 0.2, "batch_norm": True},
+    )
+)
+register_model(
+    ModelSpec(name="lenet5", description="LeNet-5, the classic CNN (LeCun et al. 1998), with ReLU", build=LeNet5)
+)
+register_model(
+    ModelSpec(
+        name="cnn-fast",
+        description="small fast CNN: two strided conv+BN+ReLU layers (32, 64 channels) and a linear layer",
+        build=FastCNN,
+        defaults={"channels": [32, 64]},
+    )
+)
+register_model(
+    ModelSpec(
+        name="cnn-best",
+        description="stronger CNN: five 3x3 conv+BN+ReLU blocks in three pooled stages, dropout, linear",
+        build=StrongCNN,
+        defaults={"channels": [32, 64, 128], "dropout": 0.3},
+    )
+)
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -72,7 +175,10 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     spec = get_model_spec(name)
-    return spec.build(**{**spec.defaults, **kwargs})
+    try:
+        return spec.build(**{**spec.defaults, **kwargs})
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"model {name!r} cannot be built with {kwargs}: {exc}") from None
 
 
 def count_parameters(model: nn.Module) -> int:

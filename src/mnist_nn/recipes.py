@@ -6,11 +6,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .augment import Augmentation
 from .errors import UserError
+from .schedules import SCHEDULES
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """Everything that decides a training run; every field can be overridden from the CLI (--field-name)."""
+
     name: str
     description: str
     model: str
@@ -18,16 +22,46 @@ class Recipe:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
+    # Optimizer: adam, adamw or sgd (momentum, optionally Nesterov).
     optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = True
     weight_decay: float = 0.0
+    # Learning-rate schedule (see schedules.py): constant, step, cosine or onecycle, after a linear warm-up.
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10  # for "step": multiply the lr by gamma every step_epochs epochs
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm; 0 is off
+    ema_decay: float = 0.0  # exponential moving average of the weights, per step; 0 is off
+    # Augmentation on the device (see augment.py); all zero is off.
+    aug_rotate: float = 0.0
+    aug_shift: float = 0.0
+    aug_scale: float = 0.0
+    aug_shear: float = 0.0
+    aug_elastic: float = 0.0
+    aug_elastic_sigma: float = 4.0
     shuffle: bool = True
     # "unit": pixels scaled to [0, 1] (the tutorial's ToTensor); "standard": then (x - mean) / std.
     normalization: str = "standard"
     val_size: int = 5000
+    patience: int = 0  # early stopping after this many epochs without a better validation accuracy; 0 is off
+    channels_last: bool = False
     seed: int = 0
-    eval_batch_size: int = 10000
+    eval_batch_size: int = 2000
     log_every: int = 100
+
+    def augmentation(self) -> Augmentation:
+        return Augmentation(
+            rotate=self.aug_rotate,
+            shift=self.aug_shift,
+            scale=self.aug_scale,
+            shear=self.aug_shear,
+            elastic_alpha=self.aug_elastic,
+            elastic_sigma=self.aug_elastic_sigma,
+        )
 
     def replace(self, **overrides: Any) -> Recipe:
         """A copy with the given fields changed; None values mean "keep the recipe's"."""
@@ -40,20 +74,30 @@ class Recipe:
         return recipe
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "step_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
         if not self.lr > 0:
             raise UserError(f"learning rate must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise UserError(f"weight decay must not be negative, got {self.weight_decay}")
-        if self.val_size < 0:
-            raise UserError(f"validation size must not be negative, got {self.val_size}")
+        for name in ("weight_decay", "warmup_epochs", "grad_clip", "val_size", "patience", "momentum"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name.replace('_', ' ')} must not be negative, got {getattr(self, name)}")
+        for name in ("aug_rotate", "aug_shift", "aug_scale", "aug_shear", "aug_elastic"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name.replace('_', ' ')} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        if self.aug_elastic and not self.aug_elastic_sigma > 0:
+            raise UserError(f"elastic sigma must be positive, got {self.aug_elastic_sigma}")
         if self.normalization not in ("unit", "standard"):
             raise UserError(f"normalization must be 'unit' or 'standard', got {self.normalization!r}")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,8 +128,72 @@ register_recipe(
         shuffle=False,
         normalization="unit",
         val_size=0,
+        eval_batch_size=10000,
     )
 )
+
+# The strongest MLP: wide, batch-normalized, dropout, trained on lightly distorted digits
+# (the idea behind Ciresan et al. 2010's 99.65% with a plain MLP).
+register_recipe(
+    Recipe(
+        name="mlp-best",
+        description="the strongest MLP: 784-1024-1024-10, batch norm, dropout, augmentation, one-cycle Adam",
+        model="mlp",
+        epochs=30,
+        batch_size=128,
+        optimizer="adam",
+        lr=2e-3,
+        schedule="onecycle",
+        warmup_epochs=3,
+        label_smoothing=0.1,
+        aug_rotate=10,
+        aug_shift=2,
+        aug_scale=0.1,
+        aug_shear=8,
+    )
+)
+
+# 99% in seconds on a CPU: a small strided CNN, large batches, a short one-cycle schedule.
+register_recipe(
+    Recipe(
+        name="cnn-fast",
+        description="99% in seconds on a CPU: small strided CNN, 3 epochs of one-cycle Adam",
+        model="cnn-fast",
+        epochs=3,
+        batch_size=128,
+        optimizer="adam",
+        lr=4e-3,
+        schedule="onecycle",
+        warmup_epochs=0.5,
+        channels_last=True,
+    )
+)
+
+# The highest accuracy within minutes of a 2-core CPU: augmentation, label smoothing, EMA weights.
+register_recipe(
+    Recipe(
+        name="cnn-best",
+        description="the highest accuracy: deeper CNN, augmentation, one-cycle AdamW, label smoothing, EMA",
+        model="cnn-best",
+        epochs=20,
+        batch_size=128,
+        optimizer="adamw",
+        lr=3e-3,
+        weight_decay=5e-4,
+        schedule="onecycle",
+        warmup_epochs=2,
+        label_smoothing=0.1,
+        ema_decay=0.999,
+        aug_rotate=10,
+        aug_shift=2.5,
+        aug_scale=0.1,
+        aug_shear=8,
+        channels_last=True,
+    )
+)
+
+
+
 
 
 def get_recipe(name: str) -> Recipe:

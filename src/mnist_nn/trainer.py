@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from . import __version__, plots
+from . import plots
+from .augment import augment_batch
 from .checkpoint import save_checkpoint
 from .data import DeviceLoader, load_dataset, normalize, split_indices
 from .device import configure_cpu, prepare_backend, resolve_device
@@ -30,8 +32,11 @@ from .evaluate import evaluate
 from .fsutil import ensure_writable_dir, write_json
 from .models import build_model, count_parameters, get_model_spec
 from .recipes import Recipe, get_recipe
+from .schedules import lr_factor
+from .version import __version__
 
 CHECKPOINT_NAME = "model.pt"
+LAST_CHECKPOINT_NAME = "last.pt"
 
 
 @dataclass
@@ -73,7 +78,14 @@ def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device) -> to
         return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused)
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, fused=fused)
+    return torch.optim.SGD(
+        params,
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov and recipe.momentum > 0,
+        weight_decay=recipe.weight_decay,
+        fused=fused,
+    )
 
 
 def library_versions() -> dict[str, str]:
@@ -96,11 +108,14 @@ def train(
     quiet: bool = False,
     progress: bool | None = None,
     show: bool = False,
+    tensorboard: bool = False,
     **overrides: Any,
 ) -> RunResult:
     """Train a recipe (by name or a Recipe) with optional field overrides; write and return the run.
 
     ``progress`` None shows a progress bar only on a terminal; ``quiet`` prints only the result.
+    With a validation split, the epoch with the best validation accuracy is the one kept as
+    ``model.pt`` (the final weights go to ``last.pt``); the test set is scored once, at the end.
     """
     wall_start = time.perf_counter()
     threads = configure_cpu()
@@ -110,6 +125,7 @@ def train(
     check_output_dir(run_dir)
     torch_device = resolve_device(device)
     prepare_backend(torch_device)
+    board_class = _summary_writer_class() if tensorboard else None
 
     splits = load_dataset(recipe.dataset, data_dir)
     spec = splits.spec
@@ -128,15 +144,25 @@ def train(
         # test set, as the tutorial did; nothing is chosen from it.
         eval_split, eval_x, eval_y = "test", test_x, test_y
 
-    ensure_writable_dir(run_dir)
-
     torch.manual_seed(recipe.seed)
     model_kwargs = dict(model_spec.defaults, **recipe.model_kwargs)
     model = build_model(recipe.model, **model_kwargs).to(torch_device)
+    ensure_writable_dir(run_dir)
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     parameters = count_parameters(model)
     optimizer = make_optimizer(recipe, model, torch_device)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, shuffle=recipe.shuffle, seed=recipe.seed)
+    augmentation = recipe.augmentation()
+    augment_generator = torch.Generator(device=torch_device).manual_seed(recipe.seed)
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+        if recipe.ema_decay
+        else None
+    )
+    # What is evaluated and saved: the EMA of the weights when enabled, else the weights.
+    eval_model = ema.module if ema is not None else model
 
     config = {
         "recipe": recipe.to_dict(),
@@ -158,6 +184,7 @@ def train(
         "command": sys.argv if sys.argv and sys.argv[0] else None,
     }
     write_json(run_dir / "config.json", config)
+    board = board_class(str(run_dir / "tensorboard")) if board_class else None
 
     show_bar = (sys.stderr.isatty() if progress is None else progress) and not quiet
     say = _printer(quiet)
@@ -169,6 +196,11 @@ def train(
     history: list[dict[str, Any]] = []
     train_seconds = 0.0
     batches = len(loader)
+    total_steps = recipe.epochs * batches
+    warmup_steps = round(recipe.warmup_epochs * batches)
+    scheduled = recipe.schedule != "constant" or warmup_steps > 0
+    best: dict[str, Any] = {"accuracy": -1.0, "epoch": 0, "state": None}
+    step = 0
     with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics_file:
         for epoch in range(1, recipe.epochs + 1):
             model.train()
@@ -179,10 +211,25 @@ def train(
             )
             log = bar.write if show_bar else say
             for batch, (inputs, targets) in enumerate(loader.epoch(epoch), start=1):
+                if scheduled:
+                    factor = lr_factor(
+                        recipe.schedule, step, total_steps, warmup_steps, recipe.step_epochs * batches, recipe.gamma
+                    )
+                    for group in optimizer.param_groups:
+                        group["lr"] = recipe.lr * factor
+                if augmentation.enabled:
+                    inputs = augment_batch(inputs, augmentation, augment_generator)
+                if recipe.channels_last:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
                 loss = loss_fn(model(inputs), targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if recipe.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
                 optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                step += 1
                 # Summed on the device: reading a loss back (.item()) would stall every step.
                 loss_sum += loss.detach()
                 if batch % recipe.log_every == 0 and not quiet:
@@ -192,7 +239,7 @@ def train(
             bar.close()
             seconds = time.perf_counter() - epoch_start
             train_seconds += seconds
-            result = evaluate(model, eval_x, eval_y, recipe.eval_batch_size)
+            result = evaluate(eval_model, eval_x, eval_y, recipe.eval_batch_size)
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -206,18 +253,42 @@ def train(
             history.append(row)
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
+            if board is not None:
+                for key in ("train_loss", "eval_loss", "eval_accuracy", "lr"):
+                    board.add_scalar(key, row[key], epoch)
             say(
                 f"epoch {epoch:>3}/{recipe.epochs}  train loss {train_loss:.4f}  {eval_split} loss {result.loss:.4f}  "
                 f"{eval_split} accuracy {100 * result.accuracy:.2f}%  {seconds:.2f}s"
             )
+            if recipe.val_size and result.accuracy > best["accuracy"]:
+                best = {"accuracy": result.accuracy, "epoch": epoch, "state": _copy_state(eval_model)}
+            if recipe.patience and recipe.val_size and epoch - best["epoch"] >= recipe.patience:
+                say(f"early stop: no better validation accuracy for {recipe.patience} epochs")
+                break
 
-    test = evaluate(model, test_x, test_y, recipe.eval_batch_size)
+    checkpoint_args = {
+        "model_name": recipe.model,
+        "model_kwargs": model_kwargs,
+        "dataset": spec.name,
+        "mean": mean,
+        "std": std,
+        "recipe": recipe.to_dict(),
+    }
+    last_epoch = history[-1]["epoch"]
+    if best["state"] is not None and best["epoch"] != last_epoch:
+        save_checkpoint(run_dir / LAST_CHECKPOINT_NAME, eval_model, **checkpoint_args, metrics={"epoch": last_epoch})
+        eval_model.load_state_dict(best["state"])
+    selected_epoch = best["epoch"] or last_epoch
+    test = evaluate(eval_model, test_x, test_y, recipe.eval_batch_size)
     summary = {
         "recipe": recipe.name,
         "model": recipe.model,
         "dataset": spec.name,
         "parameters": parameters,
-        "epochs": recipe.epochs,
+        "epochs": last_epoch,
+        "selected_epoch": selected_epoch,
+        "selected_by": "best validation accuracy" if recipe.val_size else "last epoch",
+        "val_accuracy": best["accuracy"] if recipe.val_size else None,
         "device": str(torch_device),
         "threads": threads,
         "test_accuracy": test.accuracy,
@@ -228,26 +299,50 @@ def train(
     }
     save_checkpoint(
         run_dir / CHECKPOINT_NAME,
-        model,
-        model_name=recipe.model,
-        model_kwargs=model_kwargs,
-        dataset=spec.name,
-        mean=mean,
-        std=std,
-        recipe=recipe.to_dict(),
-        metrics={"test_accuracy": test.accuracy, "test_loss": test.loss, "parameters": parameters},
+        eval_model,
+        **checkpoint_args,
+        metrics={
+            "test_accuracy": test.accuracy,
+            "test_loss": test.loss,
+            "parameters": parameters,
+            "epoch": selected_epoch,
+        },
     )
     figures = _write_plots(run_dir, history, eval_split, splits.test_images, test, spec.classes, recipe.seed)
+    if board is not None:
+        board.add_scalar("test_accuracy", test.accuracy, last_epoch)
+        board.add_image("predictions", _png_as_chw(figures[-1]), last_epoch)
+        board.close()
     summary["wall_seconds"] = time.perf_counter() - wall_start
     write_json(run_dir / "summary.json", summary)
+    chosen = f" (epoch {selected_epoch}, best on validation)" if recipe.val_size else ""
     print(
-        f"test accuracy {100 * test.accuracy:.2f}%  test loss {test.loss:.4f}  "
+        f"test accuracy {100 * test.accuracy:.2f}%{chosen}  test loss {test.loss:.4f}  "
         f"training {train_seconds:.1f}s  run directory {run_dir}",
         flush=True,
     )
     if show:
         _show(figures)
-    return RunResult(run_dir=run_dir, summary=summary, history=history, model=model)
+    return RunResult(run_dir=run_dir, summary=summary, history=history, model=eval_model)
+
+
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def _summary_writer_class() -> type:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'mnist-nn[tensorboard]'") from None
+    return SummaryWriter
+
+
+def _png_as_chw(path: Path) -> torch.Tensor:
+    import matplotlib.image
+
+    pixels = torch.from_numpy(matplotlib.image.imread(path)[..., :3].copy())
+    return pixels.permute(2, 0, 1)
 
 
 def _printer(quiet: bool) -> Callable[[str], None]:
