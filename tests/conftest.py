@@ -86,3 +86,44 @@ def mnist_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """An untrained tutorial-MLP checkpoint for MNIST: no data or training needed."""
+    from mnist_nn.checkpoint import save_checkpoint
+    from mnist_nn.models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("random") / "model.pt"
+    save_checkpoint(
+        path,
+        build_model("tutorial-mlp"),
+        model_name="tutorial-mlp",
+        model_kwargs={"hidden": [128, 256, 128, 64]},
+        dataset="mnist",
+        mean=0.1307,
+        std=0.3081,
+        recipe={},
+        metrics={"test_accuracy": 0.1},
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A briefly trained checkpoint on the real MNIST ($MNIST_NN_CHECKPOINT: use that one instead)."""
+    if os.environ.get("MNIST_NN_CHECKPOINT"):
+        return Path(os.environ["MNIST_NN_CHECKPOINT"])
+    found = real_mnist_dir()
+    if found is None:
+        message = "real MNIST not found: set MNIST_NN_DATA to the folder with the four IDX files"
+        if os.environ.get("MNIST_NN_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    import mnist_nn
+
+    run = mnist_nn.train(
+        "tutorial", data_dir=found, out=tmp_path_factory.mktemp("trained") / "run", epochs=2, quiet=True
+    )
+    return run.run_dir / "model.pt"

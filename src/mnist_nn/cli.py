@@ -116,8 +116,11 @@ def build_parser() -> Parser:
     train.add_argument("--show", action="store_true", help="also open the plots in a window")
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs in the run directory")
 
-    evaluate = commands.add_parser("evaluate", help="score a checkpoint on the test set")
-    evaluate.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint, or an ensemble of several, on the test set")
+    evaluate.add_argument(
+        "checkpoints", nargs="+", metavar="CHECKPOINT", help="model.pt files; several are averaged as an ensemble"
+    )
+    evaluate.add_argument("--tta", action="store_true", help="test-time augmentation: average over 1-pixel shifts")
     _add_data_arguments(evaluate)
     evaluate.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     evaluate.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
@@ -130,7 +133,55 @@ def build_parser() -> Parser:
 
     commands.add_parser("models", help="list the models")
     commands.add_parser("recipes", help="list the training recipes")
+    _add_predict_export_parsers(commands)
     return parser
+
+
+def _add_predict_export_parsers(commands: argparse._SubParsersAction) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="read digits in image files (PNG, JPEG, BMP, GIF, WebP, TIFF)",
+        description="Read digits in image files or folders of them. Exit status: 0 when every file was read, "
+        "1 when some could not be (each named on stderr), 2 for a usage or checkpoint error.",
+    )
+    predict.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders of them (not recursive)")
+    predict.add_argument("--top-k", type=int, default=3, help="alternatives to show per digit (default: 3)")
+    predict.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer 'uncertain' when the best probability is below P, 0-1 (default: 0, never)",
+    )
+    predict.add_argument("--multi", action="store_true", help="read a number: several digits, left to right")
+    predict.add_argument(
+        "--no-preprocess", action="store_true", help="images are already 28x28 in MNIST form (light on dark)"
+    )
+    predict.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 images the model saw into DIR")
+    predict.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels than N, before decoding (default: 50,000,000)",
+    )
+    predict.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="where to run (default: cpu)")
+    predict.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    export = commands.add_parser("export", help="export a checkpoint as ONNX or TorchScript")
+    export.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="what to write")
+    export.add_argument(
+        "--out", metavar="FILE", help="file to write (default: beside the checkpoint, .onnx or .torchscript.pt)"
+    )
+    export.add_argument(
+        "--input-dtype",
+        default="float32",
+        choices=("float32", "uint8"),
+        help="type of the [N, 28, 28] pixel input, 0-255 (default: float32)",
+    )
+    export.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -153,7 +204,9 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, format_report
 
-    report = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device, out=args.out)
+    report = evaluate_checkpoint(
+        args.checkpoints, data_dir=args.data_dir, device=args.device, out=args.out, tta=args.tta
+    )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -194,6 +247,56 @@ def _recipes(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"train": _train, "evaluate": _evaluate, "data": _data, "models": _models, "recipes": _recipes}
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .fsutil import ensure_writable_dir
+    from .predict import Predictor, check_options, format_table
+    from .preprocess import DEFAULT_MAX_PIXELS
+
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    check_options(args.top_k, args.threshold, max_pixels)
+    if args.multi and args.no_preprocess:
+        raise UserError("--multi needs preprocessing (it finds the digits); drop --no-preprocess")
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    if args.multi and predictor.metadata["dataset"] != "mnist":
+        raise UserError(f"--multi reads handwritten numbers; this checkpoint is for {predictor.metadata['dataset']}")
+    save_dir = ensure_writable_dir(args.save_preprocessed) if args.save_preprocessed else None
+    results = predictor.predict_paths(
+        args.paths,
+        save_dir=save_dir,
+        preprocess=not args.no_preprocess,
+        multi=args.multi,
+        top_k=args.top_k,
+        threshold=args.threshold,
+        max_pixels=max_pixels,
+    )
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print(format_table(results, args.top_k))
+    failed = [r for r in results if r.failed]
+    for result in failed:
+        print(f"mnist-nn: error: {result.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    report = export_checkpoint(args.checkpoint, fmt=args.format, out=args.out, input_dtype=args.input_dtype)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"wrote {report['path']} ({report['format']}, {report['bytes']:,} bytes, input {report['input_dtype']} "
+            f"[N, 28, 28]); matches PyTorch within {report['max_abs_diff']:.1e}"
+        )
+    return 0
+
+
+HANDLERS["predict"] = _predict
+HANDLERS["export"] = _export
 
 
 def main(argv: Sequence[str] | None = None) -> int:

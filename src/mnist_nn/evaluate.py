@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import UserError
 
 
 @dataclass
@@ -67,16 +70,52 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     )
 
 
+def shifted_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """Test-time augmentation: the batch itself and its four one-pixel shifts (edges repeated)."""
+    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+    height, width = images.shape[-2:]
+    offsets = [(1, 1), (0, 1), (2, 1), (1, 0), (1, 2)]
+    return [padded[..., y : y + height, x : x + width] for y, x in offsets]
+
+
+def predict_probabilities(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 2000, tta: bool = False
+) -> torch.Tensor:
+    """Class probabilities [N, classes] on the CPU; with ``tta`` averaged over ``shifted_views``."""
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            views = shifted_views(batch) if tta else [batch]
+            chunks.append(torch.stack([model(v).float().softmax(1) for v in views]).mean(0).cpu())
+    return torch.cat(chunks)
+
+
+def evaluation_from_probabilities(probabilities: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+    """Score averaged probabilities: loss is the NLL of the average, accuracy its argmax."""
+    log_probabilities = probabilities.clamp_min(1e-12).log()
+    labels = labels.cpu()
+    return Evaluation(
+        loss=F.nll_loss(log_probabilities, labels).item(),
+        accuracy=(probabilities.argmax(1) == labels).double().mean().item(),
+        logits=log_probabilities,
+        labels=labels,
+    )
+
+
 def evaluate_checkpoint(
-    checkpoint_path: str | os.PathLike,
+    checkpoint_paths: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     data_dir: str | os.PathLike | None = None,
     device: str = "auto",
     out: str | os.PathLike | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
-    """Score a checkpoint on its dataset's test set; write the heatmap and mistakes gallery to ``out``.
+    """Score one checkpoint, or an ensemble averaging several checkpoints' probabilities, on the test set.
 
-    ``out`` defaults to an ``evaluation`` folder beside the checkpoint. Returns the report as a dict.
+    Writes the confusion heatmap and the gallery of confident mistakes to ``out``
+    (default: an ``evaluation`` folder beside the first checkpoint). Returns the report.
     """
     from . import plots
     from .checkpoint import load_checkpoint
@@ -84,22 +123,36 @@ def evaluate_checkpoint(
     from .device import configure_cpu, resolve_device
     from .fsutil import ensure_writable_dir, write_json
 
+    paths = [checkpoint_paths] if isinstance(checkpoint_paths, (str, os.PathLike)) else list(checkpoint_paths)
     torch_device = resolve_device(device)
     configure_cpu()
-    checkpoint = load_checkpoint(checkpoint_path, torch_device)
-    splits = load_dataset(checkpoint.dataset, data_dir)
-    out_dir = Path(out) if out is not None else checkpoint.path.parent / "evaluation"
+    checkpoints = [load_checkpoint(path, torch_device) for path in paths]
+    datasets = {c.dataset for c in checkpoints}
+    if len(datasets) > 1:
+        listing = ", ".join(f"{c.path} ({c.dataset})" for c in checkpoints)
+        raise UserError(f"an ensemble needs checkpoints of one dataset, got {listing}")
+    splits = load_dataset(checkpoints[0].dataset, data_dir)
+    out_dir = Path(out) if out is not None else checkpoints[0].path.parent / "evaluation"
     ensure_writable_dir(out_dir)
-    images = normalize(splits.test_images, checkpoint.mean, checkpoint.std, torch_device)
-    result = evaluate(checkpoint.model, images, splits.test_labels.to(torch_device))
+    labels = splits.test_labels
+    inputs: dict[tuple[float, float], torch.Tensor] = {}
+    member_probabilities = []
+    for checkpoint in checkpoints:
+        key = (checkpoint.mean, checkpoint.std)
+        if key not in inputs:
+            inputs[key] = normalize(splits.test_images, *key, torch_device)
+        member_probabilities.append(predict_probabilities(checkpoint.model, inputs[key], tta=tta))
+    result = evaluation_from_probabilities(torch.stack(member_probabilities).mean(0), labels)
     classes = splits.spec.classes
     matrix = result.confusion_matrix()
     mistakes = result.most_confident_mistakes(20)
-    confidences = result.logits.softmax(1).max(1).values
+    confidences = result.logits.exp().max(1).values
+    name = checkpoints[0].model_name if len(checkpoints) == 1 else f"ensemble of {len(checkpoints)}"
     report = {
-        "checkpoint": str(checkpoint.path),
-        "model": checkpoint.model_name,
-        "dataset": checkpoint.dataset,
+        "checkpoint": str(checkpoints[0].path) if len(checkpoints) == 1 else [str(c.path) for c in checkpoints],
+        "model": name + (" with TTA" if tta else ""),
+        "dataset": checkpoints[0].dataset,
+        "tta": tta,
         "test_size": len(result.labels),
         "test_accuracy": result.accuracy,
         "test_loss": result.loss,
@@ -109,6 +162,11 @@ def evaluate_checkpoint(
         "classes": list(classes),
         "files": {"confusion": str(out_dir / "confusion.png"), "mistakes": str(out_dir / "mistakes.png")},
     }
+    if len(checkpoints) > 1:
+        report["member_accuracy"] = {
+            str(c.path): evaluation_from_probabilities(p, labels).accuracy
+            for c, p in zip(checkpoints, member_probabilities, strict=True)
+        }
     plots.save_figure(
         plots.confusion_heatmap(matrix, classes, f"Confusion matrix ({result.accuracy:.2%} correct)"),
         out_dir / "confusion.png",
@@ -135,9 +193,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"{report['model']} on {report['dataset']} test set ({report['test_size']:,} images)",
         f"accuracy {100 * report['test_accuracy']:.2f}%  loss {report['test_loss']:.4f}  errors {report['errors']}",
-        "",
-        "per-class accuracy:",
     ]
+    for path, accuracy in report.get("member_accuracy", {}).items():
+        lines.append(f"  member {path}: {100 * accuracy:.2f}%")
+    lines += ["", "per-class accuracy:"]
     for name, accuracy in report["per_class_accuracy"].items():
         lines.append(f"  {name:>{width}}  {100 * accuracy:6.2f}%")
     lines += ["", "confusion matrix (rows: true, columns: predicted):"]

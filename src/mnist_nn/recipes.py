@@ -193,9 +193,6 @@ register_recipe(
 )
 
 
-
-
-
 def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]

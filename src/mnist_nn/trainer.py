@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import plots
@@ -27,6 +26,7 @@ from .augment import augment_batch
 from .checkpoint import save_checkpoint
 from .data import DeviceLoader, load_dataset, normalize, split_indices
 from .device import configure_cpu, prepare_backend, resolve_device
+from .ema import ModelEMA
 from .errors import UserError
 from .evaluate import evaluate
 from .fsutil import ensure_writable_dir, write_json
@@ -156,11 +156,7 @@ def train(
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, shuffle=recipe.shuffle, seed=recipe.seed)
     augmentation = recipe.augmentation()
     augment_generator = torch.Generator(device=torch_device).manual_seed(recipe.seed)
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
-        if recipe.ema_decay
-        else None
-    )
+    ema = ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None
     # What is evaluated and saved: the EMA of the weights when enabled, else the weights.
     eval_model = ema.module if ema is not None else model
 
@@ -228,7 +224,7 @@ def train(
                     nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
                 optimizer.step()
                 if ema is not None:
-                    ema.update_parameters(model)
+                    ema.update(model)
                 step += 1
                 # Summed on the device: reading a loss back (.item()) would stall every step.
                 loss_sum += loss.detach()

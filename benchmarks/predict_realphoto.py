@@ -1,0 +1,135 @@
+"""Real-photo prediction benchmark: plain vs photo-like accuracy, multi-digit reading, ONNX vs PyTorch speed.
+
+    python benchmarks/predict_realphoto.py CHECKPOINT --data-dir DIR
+
+Uses the same seeded synthetic sets as the tests (mnist_nn.synthetic): 1,000 photo-like single
+digits and 500 numbers of 2-6 digits made from MNIST test images. Prints the figures and writes
+them as JSON to benchmarks/results/predict_realphoto-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnist_nn import synthetic
+from mnist_nn.data import load_dataset
+from mnist_nn.device import configure_cpu
+from mnist_nn.errors import UserError
+from mnist_nn.predict import Predictor
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def throughput(run, repeats: int = 7) -> float:
+    """Median images per second of ``run()`` over ``repeats`` timed runs (after one warm-up)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = run()
+        times.append(time.perf_counter() - start)
+    return count / statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data-dir", help="folder with the MNIST IDX files")
+    parser.add_argument("--photos", type=int, default=1000)
+    parser.add_argument("--numbers", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=1000, help="batch size for the throughput comparison")
+    args = parser.parse_args()
+    threads = configure_cpu()
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint)
+        splits = load_dataset(predictor.metadata["dataset"], args.data_dir)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    images, labels = splits.test_images.numpy(), splits.test_labels.numpy()
+    plain = float((predictor.probabilities(images).argmax(1).numpy() == labels).mean())
+
+    photos = synthetic.photo_set(images, labels, count=args.photos, seed=0)
+    start = time.perf_counter()
+    photo_right = sum(predictor.predict(item.data).label == item.label for item in photos)
+    photo_seconds = time.perf_counter() - start
+
+    numbers = synthetic.number_set(images, labels, count=args.numbers, seed=1)
+    readings = [predictor.predict(item.data, multi=True).label or "" for item in numbers]
+    exact = float(np.mean([r == item.label for r, item in zip(readings, numbers, strict=True)]))
+    counted = float(np.mean([len(r) == len(item.label) for r, item in zip(readings, numbers, strict=True)]))
+    ceiling = float(np.mean([plain ** len(item.label) for item in numbers]))
+
+    from mnist_nn.export import export_checkpoint, onnx_session
+
+    batch = torch.from_numpy(images[: args.batch]).float()
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = Path(folder) / "model.onnx"
+        export_checkpoint(args.checkpoint, fmt="onnx", out=onnx_path)
+        session = onnx_session(onnx_path, threads=threads)
+        onnx_logits = session.run(["logits"], {"pixels": batch.numpy()})[0]
+
+    def run_torch() -> int:
+        with torch.inference_mode():
+            predictor.pixel_model(batch)
+        return len(batch)
+
+    def run_onnx() -> int:
+        session.run(["logits"], {"pixels": batch.numpy()})
+        return len(batch)
+
+    with torch.inference_mode():
+        parity = float((torch.from_numpy(onnx_logits) - predictor.pixel_model(batch)).abs().max())
+    torch_speed, onnx_speed = throughput(run_torch), throughput(run_onnx)
+
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "model": predictor.metadata["model"],
+        "threads": threads,
+        "plain_test_accuracy": plain,
+        "photo_accuracy": photo_right / len(photos),
+        "photo_images": len(photos),
+        "photo_seconds": photo_seconds,
+        "multi_exact": exact,
+        "multi_digit_count_right": counted,
+        "multi_ceiling_from_plain": ceiling,
+        "multi_numbers": len(numbers),
+        "onnx_max_abs_diff": parity,
+        "throughput_batch": len(batch),
+        "pytorch_images_per_s": torch_speed,
+        "onnxruntime_images_per_s": onnx_speed,
+    }
+    print(f"{predictor.metadata['model']} ({args.checkpoint}), {threads} threads")
+    print(f"  plain test accuracy        {100 * plain:6.2f}%  (10,000 images)")
+    print(
+        f"  photo-like accuracy        {100 * result['photo_accuracy']:6.2f}%  ({len(photos):,} images, "
+        f"{100 * (result['photo_accuracy'] - plain):+.2f} points; {photo_seconds / len(photos) * 1000:.1f} ms/image)"
+    )
+    print(
+        f"  numbers read exactly       {100 * exact:6.2f}%  ({len(numbers)} numbers of 2-6 digits; digit count right "
+        f"{100 * counted:.1f}%; p^n ceiling {100 * ceiling:.1f}%)"
+    )
+    print(f"  ONNX vs PyTorch logits     max abs diff {parity:.2e}")
+    print(
+        f"  throughput (batch {len(batch)})     PyTorch {torch_speed:,.0f} images/s, ONNX Runtime {onnx_speed:,.0f} "
+        f"images/s ({onnx_speed / torch_speed:.2f}x)"
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"predict_realphoto-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"  written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Render the README tables from benchmarks/results/*.json: no number in them is typed by hand.
+
+    python benchmarks/render_results.py            # rewrite the tables in README.md and README_Chinese.md
+    python benchmarks/render_results.py --check    # exit 1 if a README is out of date
+
+Each table lives between `<!-- NAME:start -->` and `<!-- NAME:end -->` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from common import RESULTS, ROOT
+
+READMES = [ROOT / "README.md", ROOT / "README_Chinese.md"]
+RECIPE_ORDER = ["tutorial", "mlp-best", "cnn-fast", "cnn-best"]
+
+
+def _load(results: Path, pattern: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob(pattern))]
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def recipe_table(results: Path, chinese: bool) -> str:
+    rows = [r for r in _load(results, "recipe-*.json") if not r["benchmark"].endswith("ep")]
+    rows.sort(key=lambda r: (r["dataset"], RECIPE_ORDER.index(r["recipe"]) if r["recipe"] in RECIPE_ORDER else 99))
+    if chinese:
+        header = (
+            "| 配方 | 数据集 | 参数量 | 种子数 | 测试准确率（均值 ± 标准差） | 最低–最高 | 种子集成 | 每次训练时间 |"
+        )
+    else:
+        header = (
+            "| recipe | dataset | parameters | seeds | test accuracy (mean ± std) | min–max "
+            "| ensemble of the seeds | training time per run |"
+        )
+    lines = [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        a, t = r["test_accuracy"], r["train_seconds"]
+        ensemble = _pct(r["ensemble_accuracy"]) if "ensemble_accuracy" in r else "–"
+        lines.append(
+            f"| `{r['recipe']}` | {r['dataset']} | {r['parameters']:,} | {r['seeds']} | "
+            f"{_pct(a['mean'])} ± {100 * a['std']:.2f} | {_pct(a['min'])}–{_pct(a['max'])} | {ensemble} | "
+            f"{t['mean']:.1f} s (max {t['max']:.1f} s) |"
+        )
+    if not rows:
+        lines.append("| – | – | – | – | – | – | – | – |")
+    machine = rows[0]["machine"] if rows else {}
+    note = (
+        f"\n\n{'测量环境' if chinese else 'Measured on'}: {machine.get('cpu_count', '?')} CPU cores, "
+        f"PyTorch {machine.get('torch', '?')}"
+        + (f", {machine['cuda']}" if machine.get("cuda") else "")
+        + (" (`benchmarks/seeds.py`)." if not chinese else "（`benchmarks/seeds.py`）。")
+    )
+    return "\n".join(lines) + note
+
+
+TABLES = {"recipe-results": recipe_table}
+
+
+def render(text: str, results: Path, chinese: bool) -> str:
+    for name, make in TABLES.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
+        table = make(results, chinese)
+        text = pattern.sub(lambda m, table=table: m.group(1) + table + m.group(2), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--readme", type=Path, action="append", help="README file(s) to render (default: both)")
+    parser.add_argument("--check", action="store_true", help="only report whether the READMEs are up to date")
+    args = parser.parse_args(argv)
+    stale = []
+    for readme in args.readme or READMES:
+        if not readme.exists():
+            continue
+        text = readme.read_text(encoding="utf-8")
+        new = render(text, args.results, chinese="Chinese" in readme.name)
+        if new != text:
+            stale.append(readme)
+            if not args.check:
+                readme.write_text(new, encoding="utf-8")
+    if args.check and stale:
+        print("out of date: " + ", ".join(str(p) for p in stale) + " (run benchmarks/render_results.py)")
+        return 1
+    print("up to date" if args.check else f"rendered {len(stale)} file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Smoke tests: every benchmark script runs end to end with its smallest settings, so none can rot.
+
+They check the scripts' plumbing and result files, not speed (speed is measured by running them).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.realdata
+BENCH = REPO / "benchmarks"
+
+
+def bench(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=False, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_tutorial_benchmark(mnist_dir, tmp_path):
+    out = bench(
+        "tutorial.py", "--epochs", "1", "--repeats", "1", "--data-dir", str(mnist_dir), "--results", str(tmp_path)
+    )
+    data = json.loads((tmp_path / "tutorial.json").read_text())
+    assert data["epochs"] == 1 and len(data["baseline_runs"]) == len(data["ours_runs"]) == 1
+    assert data["ours"]["test_accuracy"]["median"] > 0.9 and data["baseline"]["test_accuracy"]["median"] > 0.9
+    assert data["ratio_train_seconds"] > 0 and "ratio" in out
+
+
+def test_time_to_99_benchmark_with_a_stand_in_example(mnist_dir, tmp_path):
+    # The real example takes minutes per epoch here; a stand-in printing its line format checks the parsing.
+    example = tmp_path / "example.py"
+    example.write_text(
+        "print('EPOCH 1 seconds=30.00 test_accuracy=0.9810')\n"
+        "print('EPOCH 2 seconds=60.00 test_accuracy=0.9902')\n"
+        "print('RESULT epochs=2 train_seconds=60.00 test_accuracy=0.9902 test_loss=0.03')\n"
+    )
+    bench(
+        "time_to_99.py",
+        "--repeats",
+        "1",
+        "--baseline",
+        str(example),
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(mnist_dir),
+        "--results",
+        str(tmp_path),
+    )
+    data = json.loads((tmp_path / "time-to-99.json").read_text())
+    assert data["baseline"]["median"] == 60.0
+    assert data["ours_runs"][0]["test_accuracy"] > 0.95
+
+
+def test_seeds_and_render(mnist_dir, tmp_path):
+    bench(
+        "seeds.py",
+        "--recipe",
+        "cnn-fast",
+        "--epochs",
+        "1",
+        "--seeds",
+        "2",
+        "--ensemble",
+        "--data-dir",
+        str(mnist_dir),
+        "--results",
+        str(tmp_path),
+        "--runs",
+        str(tmp_path / "runs"),
+    )
+    data = json.loads((tmp_path / "recipe-cnn-fast-1ep.json").read_text())
+    assert data["seeds"] == 2 and [r["seed"] for r in data["runs"]] == [0, 1]
+    assert data["test_accuracy"]["min"] > 0.95 and 0 < data["ensemble_accuracy"] <= 1
+    # The README renderer leaves smoke results (named *-Nep) out; give it a full-named copy.
+    (tmp_path / "recipe-cnn-fast.json").write_text(json.dumps({**data, "benchmark": "recipe-cnn-fast"}))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- recipe-results:start -->\nold\n<!-- recipe-results:end -->\nend\n")
+    bench("render_results.py", "--results", str(tmp_path), "--readme", str(readme))
+    text = readme.read_text()
+    assert "old" not in text and "| `cnn-fast` | mnist | 50,794 | 2 |" in text
+    assert f"{100 * data['test_accuracy']['mean']:.2f}%" in text
+    check = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "render_results.py"),
+            "--results",
+            str(tmp_path),
+            "--readme",
+            str(readme),
+            "--check",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout
