@@ -61,7 +61,66 @@ def recipe_table(results: Path, chinese: bool) -> str:
     return "\n".join(lines) + note
 
 
-TABLES = {"recipe-results": recipe_table}
+def speed_table(results: Path, chinese: bool) -> str:
+    lines = [
+        "| 对比 | 基线 | mnist-nn | 倍数 |" if chinese else "| comparison | baseline | mnist-nn | speed-up |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    tutorial = results / "tutorial.json"
+    if tutorial.exists():
+        t = json.loads(tutorial.read_text())
+        b, o = t["baseline"], t["ours"]
+        what = (
+            f"教程配方 {t['epochs']} 轮训练时间（{t['repeats']} 次中位数）"
+            if chinese
+            else f"`tutorial` recipe, {t['epochs']} epochs: training time (median of {t['repeats']})"
+        )
+        lines.append(
+            f"| {what} | {b['train_seconds']['median']:.1f} s ({_pct(b['test_accuracy']['median'])}) | "
+            f"{o['train_seconds']['median']:.1f} s ({_pct(o['test_accuracy']['median'])}) | {t['speedup']:.1f}x |"
+        )
+    to99 = results / "time-to-99.json"
+    if to99.exists():
+        t = json.loads(to99.read_text())
+        if t.get("speedup"):
+            what = (
+                f"达到 99% 测试准确率的训练时间（{t['repeats']} 次中位数）：PyTorch 示例 vs `{t['recipe']}`"
+                if chinese
+                else f"time to 99% test accuracy (median of {t['repeats']}): PyTorch's example vs `{t['recipe']}`"
+            )
+            lines.append(
+                f"| {what} | {t['baseline']['median']:.1f} s | {t['ours']['median']:.1f} s | {t['speedup']:.1f}x |"
+            )
+    return "\n".join(lines)
+
+
+def inference_table(results: Path, chinese: bool) -> str:
+    path = results / "inference.json"
+    header = (
+        "| 模型 | batch 1：最快路径 | batch 1000：eager | batch 1000：最快路径 |"
+        if chinese
+        else "| model | batch 1: fastest path | batch 1000: eager | batch 1000: fastest path |"
+    )
+    lines = [header, "| --- | ---: | ---: | ---: |"]
+    if not path.exists():
+        return "\n".join(lines)
+    data = json.loads(path.read_text())
+    for model in dict.fromkeys(r["model"] for r in data["rows"]):
+        rows = [r for r in data["rows"] if r["model"] == model]
+
+        def best(batch, rows=rows):
+            return max((r for r in rows if r["batch"] == batch), key=lambda r: r["images_per_second"])
+
+        eager = next(r for r in rows if r["batch"] == 1000 and r["path"].startswith("eager"))
+        b1, b1000 = best(1), best(1000)
+        lines.append(
+            f"| `{model}` | {b1['images_per_second']:,.0f}/s ({b1['path']}) | {eager['images_per_second']:,.0f}/s | "
+            f"{b1000['images_per_second']:,.0f}/s ({b1000['path']}) |"
+        )
+    return "\n".join(lines)
+
+
+TABLES = {"recipe-results": recipe_table, "speed-results": speed_table, "inference-results": inference_table}
 
 
 def render(text: str, results: Path, chinese: bool) -> str:

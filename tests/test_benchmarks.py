@@ -104,3 +104,31 @@ def test_seeds_and_render(mnist_dir, tmp_path):
         check=False,
     )
     assert check.returncode == 0, check.stdout
+
+
+def test_inference_benchmark(tmp_path):
+    bench("inference.py", "--models", "tutorial-mlp", "lenet5", "--quick", "--results", str(tmp_path))
+    data = json.loads((tmp_path / "inference.json").read_text())
+    paths = {(r["model"], r["batch"], r["path"]) for r in data["rows"]}
+    assert ("lenet5", 1000, "inference_mode + channels_last") in paths
+    assert ("tutorial-mlp", 1, "onnxruntime (exported)") in paths
+    assert all(r["images_per_second"] > 0 for r in data["rows"])
+
+
+def test_profile_benchmark(mnist_dir, tmp_path):
+    out = bench(
+        "profile_training.py",
+        "--recipe",
+        "cnn-fast",
+        "--epochs",
+        "1",
+        "--rows",
+        "5",
+        "--data-dir",
+        str(mnist_dir),
+        "--results",
+        str(tmp_path),
+    )
+    data = json.loads((tmp_path / "profile-cnn-fast.json").read_text())
+    assert len(data["top"]) == 5 and all(0 < row["share"] <= 1 for row in data["top"])
+    assert data["top"][0]["op"] in out
