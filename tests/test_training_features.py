@@ -23,7 +23,7 @@ EXPECTED_PARAMETERS = {
     "mlp": 1_865_738,
     "lenet5": 61_706,
     "cnn-fast": 50_794,
-    "cnn-best": 150_698,
+    "cnn-best": 40_794,
 }
 
 

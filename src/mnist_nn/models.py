@@ -82,20 +82,25 @@ class FastCNN(nn.Sequential):
     activations cost more than the arithmetic of such a small net.
     """
 
-    def __init__(self, channels: Sequence[int] = (32, 64), num_classes: int = 10) -> None:
+    def __init__(self, channels: Sequence[int] = (32, 64), hidden: int = 0, num_classes: int = 10) -> None:
         c1, c2 = channels
+        head: list[nn.Module] = (
+            [nn.Linear(c2 * 7 * 7, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+            if hidden
+            else [nn.Linear(c2 * 7 * 7, num_classes)]
+        )
         super().__init__(
             *conv_bn(1, c1, 5, stride=2),
             *conv_bn(c1, c2, 3, stride=2),
             nn.Flatten(),
-            nn.Linear(c2 * 7 * 7, num_classes),
+            *head,
         )
 
 
 class StrongCNN(nn.Sequential):
     """Three stages of 3x3 conv+BN+ReLU blocks with max-pooling between them, dropout, one linear layer."""
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128), dropout: float = 0.3, num_classes: int = 10) -> None:
+    def __init__(self, channels: Sequence[int] = (16, 32, 64), dropout: float = 0.3, num_classes: int = 10) -> None:
         c1, c2, c3 = channels
         super().__init__(
             *conv_bn(1, c1, 3),
@@ -158,9 +163,9 @@ register_model(
 register_model(
     ModelSpec(
         name="cnn-best",
-        description="stronger CNN: five 3x3 conv+BN+ReLU blocks in three pooled stages, dropout, linear",
+        description="stronger CNN: five 3x3 conv+BN+ReLU blocks (16-16, 32-32, 64) in three pooled stages, dropout",
         build=StrongCNN,
-        defaults={"channels": [32, 64, 128], "dropout": 0.3},
+        defaults={"channels": [16, 32, 64], "dropout": 0.3},
     )
 )
 

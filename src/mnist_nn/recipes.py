@@ -157,7 +157,7 @@ register_recipe(
 register_recipe(
     Recipe(
         name="cnn-fast",
-        description="99% in seconds on a CPU: small strided CNN, 3 epochs of one-cycle Adam",
+        description="99% in seconds on a CPU: small strided CNN, 3 epochs of one-cycle Adam, light augmentation",
         model="cnn-fast",
         epochs=3,
         batch_size=128,
@@ -165,6 +165,8 @@ register_recipe(
         lr=4e-3,
         schedule="onecycle",
         warmup_epochs=0.5,
+        aug_rotate=5,
+        aug_shift=1,
         channels_last=True,
     )
 )
@@ -175,7 +177,7 @@ register_recipe(
         name="cnn-best",
         description="the highest accuracy: deeper CNN, augmentation, one-cycle AdamW, label smoothing, EMA",
         model="cnn-best",
-        epochs=20,
+        epochs=15,
         batch_size=128,
         optimizer="adamw",
         lr=3e-3,
