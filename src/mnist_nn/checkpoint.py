@@ -1,11 +1,17 @@
 """Checkpoints: weights plus everything needed to rebuild and judge the model.
 
-Saved atomically; loaded with ``weights_only=True`` so a file can hold only
-tensors and plain containers, never code to run.
+Two kinds of file, both saved atomically and loaded with ``weights_only=True``
+so a file can hold only tensors and plain containers, never code to run:
+
+- ``model.pt`` (``save_checkpoint``): the weights a user evaluates, with model, data and recipe metadata.
+- ``state.pt`` (``save_train_state``): everything the training loop needs to continue bitwise-identically
+  (weights, optimizer, EMA, RNG states, position, history); ``load_checkpoint`` also accepts it, so the
+  last good state of an interrupted or diverged run can be evaluated like a finished model.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import warnings
@@ -23,6 +29,8 @@ from .version import __version__
 
 FORMAT = "mnist-nn-checkpoint"
 FORMAT_VERSION = 1
+STATE_FORMAT = "mnist-nn-train-state"
+STATE_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -63,34 +71,72 @@ def save_checkpoint(
         "metrics": metrics or {},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    return atomic_write(path, lambda handle: torch.save(payload, handle))
+    return _save(path, payload)
 
 
-def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> Checkpoint:
-    """Load and check a checkpoint written by ``save_checkpoint``; every failure is a UserError."""
-    path = Path(path)
+def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write a resumable training state (see ``trainer.train``); the previous file stays until this one is complete."""
+    return _save(path, {"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, **state})
+
+
+def _save(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    # Serialized in memory first: torch's zip writer turns a failed write (a full disk) into a vague
+    # RuntimeError, while a plain write of the bytes raises the OSError (ENOSPC, EACCES) callers can explain.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
+
+
+def _read_payload(path: Path, what: str) -> Any:
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found" if not path.exists() else f"checkpoint {path} is not a file")
+        raise UserError(f"{what} {path} not found" if not path.exists() else f"{what} {path} is not a file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol notes; the errors below say it all
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's own message suggests weights_only=False, which would run the file's code: never.
         raise UserError(
-            f"{path}: refused: not a plain mnist-nn checkpoint (it holds objects other than tensors and "
+            f"{path}: refused: not a plain mnist-nn {what} (it holds objects other than tensors and "
             "plain data, which could run code when loaded)"
         ) from None
     except Exception as exc:  # arbitrary bytes make the unpickler fail in arbitrary ways
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable checkpoint (corrupt or truncated: {reason[:160]})") from None
+        raise UserError(f"{path}: not a readable {what} (corrupt or truncated: {reason[:160]})") from None
+
+
+def _check_version(path: Path, payload: dict[str, Any], what: str, expected: int) -> None:
+    if payload.get("format_version") != expected:
+        raise UserError(
+            f"{path}: {what} format {payload.get('format_version')} is not supported by "
+            f"mnist-nn {__version__} (it reads format {expected})"
+        )
+
+
+def load_weights(model: nn.Module, state_dict: Any, path: Path, model_name: str) -> None:
+    """Load ``state_dict`` into ``model``; weights of another model are a one-line UserError."""
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: weights do not fit model {model_name!r} ({first[:200]})") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: torch.device | str = "cpu", expect_dataset: str | None = None
+) -> Checkpoint:
+    """Load and check a checkpoint (``model.pt``, or a training ``state.pt``); every failure is a UserError.
+
+    ``expect_dataset``: refuse a checkpoint trained on another dataset.
+    """
+    path = Path(path)
+    payload = _read_payload(path, "checkpoint")
+    if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
+        _check_version(path, payload, "training state", STATE_FORMAT_VERSION)
+        payload = _state_as_checkpoint(path, payload)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not an mnist-nn checkpoint")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"{path}: checkpoint format {payload.get('format_version')} is not supported by "
-            f"mnist-nn {__version__} (it reads format {FORMAT_VERSION})"
-        )
+    _check_version(path, payload, "checkpoint", FORMAT_VERSION)
     try:
         model_name = payload["model"]["name"]
         model_kwargs = dict(payload["model"]["kwargs"])
@@ -99,12 +145,10 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         dataset, recipe, state_dict = payload["dataset"], payload["recipe"], payload["state_dict"]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: incomplete mnist-nn checkpoint (missing or bad {exc})") from None
+    if expect_dataset is not None and dataset != expect_dataset:
+        raise UserError(f"{path}: a checkpoint for {dataset}, not {expect_dataset}")
     model = build_model(model_name, **model_kwargs)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"{path}: weights do not fit model {model_name!r} ({first[:200]})") from None
+    load_weights(model, state_dict, path, model_name)
     model.to(device).eval()
     return Checkpoint(
         path=path,
@@ -117,3 +161,56 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         recipe=recipe,
         metrics=payload.get("metrics", {}),
     )
+
+
+def _state_as_checkpoint(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """The evaluated weights of a training state (its EMA when the run keeps one), as a model.pt payload."""
+    try:
+        meta = state["checkpoint"]
+        weights = state["ema"]["module"] if state.get("ema") is not None else state["model"]
+        position = state["position"]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path}: incomplete mnist-nn training state (missing or bad {exc})") from None
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "metrics": {"epoch": position.get("epoch"), "batch": position.get("batch"), "step": position.get("step")},
+        "state_dict": weights,
+    }
+
+
+STATE_KEYS = (
+    "checkpoint",
+    "recipe",
+    "config",
+    "options",
+    "position",
+    "model",
+    "optimizer",
+    "ema",
+    "rng",
+    "loss_sum",
+    "history",
+    "best",
+    "train_seconds",
+    "epoch_seconds",
+)
+
+
+def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a ``state.pt`` written by ``save_train_state``; every failure is a UserError."""
+    path = Path(path)
+    payload = _read_payload(path, "training state")
+    if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+        kind = (
+            "a model checkpoint, not a training state"
+            if isinstance(payload, dict) and payload.get("format") == FORMAT
+            else "not an mnist-nn training state"
+        )
+        raise UserError(f"{path}: {kind}")
+    _check_version(path, payload, "training state", STATE_FORMAT_VERSION)
+    missing = [key for key in STATE_KEYS if key not in payload]
+    if missing:
+        raise UserError(f"{path}: incomplete mnist-nn training state (missing {', '.join(missing)})")
+    return payload

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .device import DEVICE_CHOICES
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .version import __version__
 
 
@@ -107,7 +107,7 @@ def build_parser() -> Parser:
     commands.required = True
 
     train = commands.add_parser("train", help="train a recipe and write a run directory")
-    train.add_argument("--recipe", default="tutorial", help="named recipe (default: tutorial; see `mnist-nn recipes`)")
+    train.add_argument("--recipe", default=None, help="named recipe (default: tutorial; see `mnist-nn recipes`)")
     _add_data_arguments(train)
     train.add_argument("--out", metavar="DIR", help="run directory to create (default: runs/<timestamp>)")
     _add_recipe_arguments(train)
@@ -115,6 +115,25 @@ def build_parser() -> Parser:
     train.add_argument("--quiet", action="store_true", help="print only the final result")
     train.add_argument("--show", action="store_true", help="also open the plots in a window")
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs in the run directory")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run where it stopped, with its own recipe (from RUN_DIR/state.pt)",
+    )
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="also save the resumable state every STEPS optimizer steps (default: 0, only at the end of each epoch)",
+    )
+    train.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="repeatable CUDA kernels (deterministic algorithms, cuDNN without autotuning, a fixed cuBLAS "
+        "workspace): bitwise-identical GPU runs, often 10-30%% slower for CNNs; CPU runs are repeatable without it",
+    )
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint, or an ensemble of several, on the test set")
     evaluate.add_argument(
@@ -134,6 +153,7 @@ def build_parser() -> Parser:
     commands.add_parser("models", help="list the models")
     commands.add_parser("recipes", help="list the training recipes")
     _add_predict_export_parsers(commands)
+    _add_serve_parser(commands)
     return parser
 
 
@@ -196,6 +216,9 @@ def _train(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         show=args.show,
         tensorboard=args.tensorboard,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        deterministic=args.deterministic,
         **overrides,
     )
     return 0
@@ -299,6 +322,41 @@ HANDLERS["predict"] = _predict
 HANDLERS["export"] = _export
 
 
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="a web page to draw digits on, and a REST API (needs the serve extra)",
+        description="Serve a checkpoint: the page at / (draw a digit, watch the network read it), the API at "
+        "/api/predict, /api/health and /api/model, its documentation at /docs. Ctrl-C stops it.",
+    )
+    serve.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    serve.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="where to run (default: cpu)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from importlib.util import find_spec
+
+    # python-multipart installs as `python_multipart` (older releases: `multipart`).
+    missing = [name for name in ("fastapi", "uvicorn") if find_spec(name) is None]
+    if find_spec("python_multipart") is None and find_spec("multipart") is None:
+        missing.append("python-multipart")
+    if missing:
+        raise UserError(
+            f'`mnist-nn serve` needs the serve extra ({", ".join(missing)} missing): pip install "mnist-nn[serve]"'
+        )
+    from .serve import run
+
+    run(args.checkpoint, host=args.host, port=args.port, device=args.device)
+    return 0
+
+
+HANDLERS["serve"] = _serve
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -309,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"mnist-nn: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("mnist-nn: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # Training's own interruption says where its state is and how to resume; exit 128 + the signal.
+        print(f"mnist-nn: {exc if isinstance(exc, Interrupted) else 'interrupted'}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, Interrupted) else 130

@@ -392,10 +392,11 @@ class DeviceLoader:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.labels), generator=generator).to(self.labels.device)
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, first_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``epoch``, from ``first_batch`` (0-based) on: a resumed epoch skips those done."""
         order = self.order(epoch)
         n, size = len(self.labels), self.batch_size
-        for start in range(0, n, size):
+        for start in range(first_batch * size, n, size):
             if order is None:
                 yield self.images[start : start + size], self.labels[start : start + size]
             else:

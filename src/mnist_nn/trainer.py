@@ -2,34 +2,45 @@
 
 One function, ``train``, serves the CLI and the Python API: resolve the recipe,
 load the data onto the device once, train, evaluate, write the run directory.
+The same function resumes a run from its ``state.pt``, stops cleanly on SIGINT/SIGTERM
+and stops on a diverging loss.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
 import os
 import platform
+import random
+import shlex
+import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import plots
 from .augment import augment_batch
-from .checkpoint import save_checkpoint
+from .checkpoint import load_train_state, load_weights, save_checkpoint, save_train_state
 from .data import DeviceLoader, load_dataset, normalize, split_indices
-from .device import configure_cpu, prepare_backend, resolve_device
+from .device import configure_cpu, make_deterministic, prepare_backend, resolve_device
 from .ema import ModelEMA
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .evaluate import evaluate
-from .fsutil import ensure_writable_dir, write_json
+from .fsutil import atomic_write, ensure_writable_dir, write_json
 from .models import build_model, count_parameters, get_model_spec
 from .recipes import Recipe, get_recipe
 from .schedules import lr_factor
@@ -37,6 +48,8 @@ from .version import __version__
 
 CHECKPOINT_NAME = "model.pt"
 LAST_CHECKPOINT_NAME = "last.pt"
+# The resumable training state: rewritten atomically every epoch (and every --checkpoint-every steps).
+STATE_NAME = "state.pt"
 
 
 @dataclass
@@ -48,8 +61,15 @@ class RunResult:
 
 
 def resolve_recipe(recipe: str | Recipe, **overrides: Any) -> Recipe:
+    """The recipe with overrides applied; $MNIST_NN_MAX_EPOCHS caps its epochs (quick tries, docs tests)."""
     base = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    return base.replace(**overrides)
+    resolved = base.replace(**overrides)
+    cap = os.environ.get("MNIST_NN_MAX_EPOCHS", "").strip()
+    if cap:
+        if not cap.isdigit() or int(cap) < 1:
+            raise UserError(f"MNIST_NN_MAX_EPOCHS must be a positive integer, got {cap!r}")
+        resolved = resolved.replace(epochs=min(resolved.epochs, int(cap)))
+    return resolved
 
 
 def default_run_dir() -> Path:
@@ -91,16 +111,17 @@ def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device) -> to
 def library_versions() -> dict[str, str]:
     import torchvision
 
+    # Plain strings: torch.__version__ is a str subclass that weights-only loading of state.pt would refuse.
     return {
         "mnist_nn": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
     }
 
 
 def train(
-    recipe: str | Recipe = "tutorial",
+    recipe: str | Recipe | None = None,
     *,
     data_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
@@ -109,26 +130,57 @@ def train(
     progress: bool | None = None,
     show: bool = False,
     tensorboard: bool = False,
+    resume: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    deterministic: bool | None = None,
     **overrides: Any,
 ) -> RunResult:
-    """Train a recipe (by name or a Recipe) with optional field overrides; write and return the run.
+    """Train a recipe (by name or a Recipe; default "tutorial") with optional field overrides; write and return the run.
 
     ``progress`` None shows a progress bar only on a terminal; ``quiet`` prints only the result.
     With a validation split, the epoch with the best validation accuracy is the one kept as
     ``model.pt`` (the final weights go to ``last.pt``); the test set is scored once, at the end.
+
+    The run directory's ``state.pt`` is rewritten atomically at the end of every epoch (and every
+    ``checkpoint_every`` optimizer steps): ``resume=RUN_DIR`` continues from it, with the run's own
+    recipe, bitwise-identically to an uninterrupted run on the same device. SIGINT and SIGTERM save
+    the state and raise ``Interrupted``; a NaN or infinite loss raises a UserError and keeps the last
+    good state. ``deterministic`` makes CUDA kernels repeatable (see ``device.make_deterministic``).
     """
     wall_start = time.perf_counter()
     threads = configure_cpu()
-    recipe = resolve_recipe(recipe, **overrides)
+    saved: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir, saved = _open_resume(resume, recipe, out, overrides)
+        recipe = _saved_recipe(run_dir / STATE_NAME, saved["recipe"])
+        options = saved["options"]
+        checkpoint_every = options.get("checkpoint_every", 0) if checkpoint_every is None else checkpoint_every
+        deterministic = options.get("deterministic", False) if deterministic is None else deterministic
+    else:
+        recipe = resolve_recipe("tutorial" if recipe is None else recipe, **overrides)
+        run_dir = Path(out) if out is not None else default_run_dir()
+        check_output_dir(run_dir)
+    checkpoint_every = checkpoint_every or 0
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise UserError(f"checkpoint every must be a positive number of steps (or 0: off), got {checkpoint_every}")
+    deterministic = bool(deterministic)
+    state_path = run_dir / STATE_NAME
     model_spec = get_model_spec(recipe.model)
-    run_dir = Path(out) if out is not None else default_run_dir()
-    check_output_dir(run_dir)
     torch_device = resolve_device(device)
     prepare_backend(torch_device)
+    if deterministic:
+        make_deterministic()
     board_class = _summary_writer_class() if tensorboard else None
 
+    if saved is not None and data_dir is None and Path(saved["config"]["data"]["folder"]).is_dir():
+        data_dir = saved["config"]["data"]["folder"]
     splits = load_dataset(recipe.dataset, data_dir)
     spec = splits.spec
+    if saved is not None and splits.checksums != saved["config"]["data"]["md5"]:
+        raise UserError(
+            f"the {spec.name} files in {splits.folder} differ from those run {run_dir} was trained on "
+            "(their MD5s do not match); pass --data-dir with the original files"
+        )
     mean, std = (spec.mean, spec.std) if recipe.normalization == "standard" else (0.0, 1.0)
     train_index, val_index = split_indices(len(splits.train_labels), recipe.val_size, recipe.seed)
     train_x = normalize(splits.train_images[train_index], mean, std, torch_device)
@@ -147,6 +199,7 @@ def train(
     torch.manual_seed(recipe.seed)
     model_kwargs = dict(model_spec.defaults, **recipe.model_kwargs)
     model = build_model(recipe.model, **model_kwargs).to(torch_device)
+    _check_disk_space(run_dir, model, recipe, bool(recipe.ema_decay))
     ensure_writable_dir(run_dir)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -178,16 +231,17 @@ def train(
         "threads": threads,
         "versions": library_versions(),
         "command": sys.argv if sys.argv and sys.argv[0] else None,
+        "checkpoint_every": checkpoint_every,
+        "deterministic": deterministic,
     }
-    write_json(run_dir / "config.json", config)
-    board = board_class(str(run_dir / "tensorboard")) if board_class else None
-
-    show_bar = (sys.stderr.isatty() if progress is None else progress) and not quiet
-    say = _printer(quiet)
-    say(
-        f"training {recipe.name}: {recipe.model} ({parameters:,} parameters) on {spec.name} "
-        f"({len(train_y):,} train / {len(eval_y):,} {eval_split}) for {recipe.epochs} epochs on {torch_device}"
-    )
+    checkpoint_args = {
+        "model_name": recipe.model,
+        "model_kwargs": model_kwargs,
+        "dataset": spec.name,
+        "mean": mean,
+        "std": std,
+        "recipe": recipe.to_dict(),
+    }
 
     history: list[dict[str, Any]] = []
     train_seconds = 0.0
@@ -197,120 +251,250 @@ def train(
     scheduled = recipe.schedule != "constant" or warmup_steps > 0
     best: dict[str, Any] = {"accuracy": -1.0, "epoch": 0, "state": None}
     step = 0
-    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics_file:
-        for epoch in range(1, recipe.epochs + 1):
-            model.train()
-            epoch_start = time.perf_counter()
-            loss_sum = torch.zeros((), device=torch_device)
-            bar = tqdm(
-                total=batches, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", leave=False, disable=not show_bar
-            )
-            log = bar.write if show_bar else say
-            for batch, (inputs, targets) in enumerate(loader.epoch(epoch), start=1):
-                if scheduled:
-                    factor = lr_factor(
-                        recipe.schedule, step, total_steps, warmup_steps, recipe.step_epochs * batches, recipe.gamma
-                    )
-                    for group in optimizer.param_groups:
-                        group["lr"] = recipe.lr * factor
-                if augmentation.enabled:
-                    inputs = augment_batch(inputs, augmentation, augment_generator)
-                if recipe.channels_last:
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
-                loss = loss_fn(model(inputs), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-                # Summed on the device: reading a loss back (.item()) would stall every step.
-                loss_sum += loss.detach()
-                if batch % recipe.log_every == 0 and not quiet:
-                    log(f"  loss: {loss.item():>8f}  [batch {batch:>5}/{batches}]")
-                bar.update()
-            train_loss = loss_sum.item() / batches
-            bar.close()
-            seconds = time.perf_counter() - epoch_start
-            train_seconds += seconds
-            result = evaluate(eval_model, eval_x, eval_y, recipe.eval_batch_size)
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "eval_split": eval_split,
-                "eval_loss": result.loss,
-                "eval_accuracy": result.accuracy,
-                "lr": optimizer.param_groups[0]["lr"],
-                "epoch_seconds": seconds,
-                "train_seconds": train_seconds,
-            }
-            history.append(row)
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-            if board is not None:
-                for key in ("train_loss", "eval_loss", "eval_accuracy", "lr"):
-                    board.add_scalar(key, row[key], epoch)
-            say(
-                f"epoch {epoch:>3}/{recipe.epochs}  train loss {train_loss:.4f}  {eval_split} loss {result.loss:.4f}  "
-                f"{eval_split} accuracy {100 * result.accuracy:.2f}%  {seconds:.2f}s"
-            )
-            if recipe.val_size and result.accuracy > best["accuracy"]:
-                best = {"accuracy": result.accuracy, "epoch": epoch, "state": _copy_state(eval_model)}
-            if recipe.patience and recipe.val_size and epoch - best["epoch"] >= recipe.patience:
-                say(f"early stop: no better validation accuracy for {recipe.patience} epochs")
-                break
+    first_epoch, first_batch, finished = 1, 0, False
+    # The running loss sum and time of the epoch in progress: carried over when it was cut mid-way.
+    loss_sum = torch.zeros((), device=torch_device)
+    epoch_seconds = 0.0
+    if saved is not None:
+        config = saved["config"]
+        position = saved["position"]
+        first_epoch, first_batch, finished, step = (
+            int(position["epoch"]),
+            int(position["batch"]),
+            bool(position["finished"]),
+            int(position["step"]),
+        )
+        if finished and (run_dir / "summary.json").exists():
+            raise UserError(f"run {run_dir} has already finished (see its summary.json); nothing to resume")
+        with _damaged_state(state_path):
+            load_weights(model, saved["model"], state_path, recipe.model)
+            optimizer.load_state_dict(saved["optimizer"])
+            if ema is not None:
+                ema.load_state_dict(saved["ema"])
+            _restore_rng_states(saved["rng"], augment_generator)
+            loss_sum = saved["loss_sum"].to(torch_device)
+            history = [dict(row) for row in saved["history"]]
+            best = dict(saved["best"])
+            train_seconds, epoch_seconds = float(saved["train_seconds"]), float(saved["epoch_seconds"])
+            if not 0 <= first_batch <= batches or not 1 <= first_epoch <= recipe.epochs + 1:
+                raise ValueError(f"position epoch {first_epoch}, batch {first_batch} is outside the run")
+    board = None
+    last_saved = {"epoch": first_epoch, "batch": first_batch}
 
-    checkpoint_args = {
-        "model_name": recipe.model,
-        "model_kwargs": model_kwargs,
-        "dataset": spec.name,
-        "mean": mean,
-        "std": std,
-        "recipe": recipe.to_dict(),
-    }
-    last_epoch = history[-1]["epoch"]
-    if best["state"] is not None and best["epoch"] != last_epoch:
-        save_checkpoint(run_dir / LAST_CHECKPOINT_NAME, eval_model, **checkpoint_args, metrics={"epoch": last_epoch})
-        eval_model.load_state_dict(best["state"])
-    selected_epoch = best["epoch"] or last_epoch
-    test = evaluate(eval_model, test_x, test_y, recipe.eval_batch_size)
-    summary = {
-        "recipe": recipe.name,
-        "model": recipe.model,
-        "dataset": spec.name,
-        "parameters": parameters,
-        "epochs": last_epoch,
-        "selected_epoch": selected_epoch,
-        "selected_by": "best validation accuracy" if recipe.val_size else "last epoch",
-        "val_accuracy": best["accuracy"] if recipe.val_size else None,
-        "device": str(torch_device),
-        "threads": threads,
-        "test_accuracy": test.accuracy,
-        "test_loss": test.loss,
-        "final_train_loss": history[-1]["train_loss"],
-        "train_seconds": train_seconds,
-        "checkpoint": CHECKPOINT_NAME,
-    }
-    save_checkpoint(
-        run_dir / CHECKPOINT_NAME,
-        eval_model,
-        **checkpoint_args,
-        metrics={
+    def save_state(epoch: int, batch: int, *, done: bool = False) -> None:
+        """Everything the loop needs to continue from (epoch, batch done), written atomically."""
+        state = {
+            "checkpoint": {
+                "model": {"name": recipe.model, "kwargs": model_kwargs},
+                "dataset": spec.name,
+                "normalization": {"mean": mean, "std": std},
+                "recipe": recipe.to_dict(),
+                "mnist_nn_version": __version__,
+            },
+            "recipe": recipe.to_dict(),
+            "config": config,
+            "options": {"checkpoint_every": checkpoint_every, "deterministic": deterministic},
+            "position": {"epoch": epoch, "batch": batch, "step": step, "finished": done},
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "rng": _rng_states(augment_generator),
+            "loss_sum": loss_sum.detach().clone(),
+            "history": history,
+            "best": best,
+            "train_seconds": train_seconds,
+            "epoch_seconds": epoch_seconds,
+        }
+        save_train_state(state_path, state)
+        last_saved.update(epoch=epoch, batch=batch)
+
+    def diverged(epoch: int, first: int, last: int) -> UserError:
+        lr = optimizer.param_groups[0]["lr"]
+        return UserError(
+            f"training diverged: the loss became NaN or infinite in epoch {epoch}, batches {first}-{last} of "
+            f"{batches} (learning rate {lr:g}); the last good state (epoch {last_saved['epoch']}, batch "
+            f"{last_saved['batch']}) is kept in {state_path}; try a lower learning rate, e.g. --lr {recipe.lr / 10:g}, "
+            "or --grad-clip 1"
+        )
+
+    def interrupted(signum: int, where: str) -> Interrupted:
+        return Interrupted(
+            f"interrupted by {signal.Signals(signum).name} {where}; state saved in {state_path}; "
+            f"resume with: mnist-nn train --resume {shlex.quote(str(run_dir))}",
+            128 + signum,
+        )
+
+    show_bar = (sys.stderr.isatty() if progress is None else progress) and not quiet
+    say = _printer(quiet)
+    stop = _StopRequest(state_path, run_dir)
+    with _write_errors(run_dir, state_path):
+        metrics_path = run_dir / "metrics.jsonl"
+        if saved is None:
+            save_state(1, 0)
+            write_json(run_dir / "config.json", config)
+            say(
+                f"training {recipe.name}: {recipe.model} ({parameters:,} parameters) on {spec.name} "
+                f"({len(train_y):,} train / {len(eval_y):,} {eval_split}) for {recipe.epochs} epochs on {torch_device}"
+            )
+        else:
+            _remove_stale_temp_files(run_dir)
+            if not (run_dir / "config.json").exists():
+                write_json(run_dir / "config.json", config)
+            say(
+                f"resuming {run_dir}: {recipe.name}, epoch {min(first_epoch, recipe.epochs)}/{recipe.epochs}, "
+                f"batch {first_batch}/{batches} on {torch_device}"
+            )
+        # The state decides which epochs are done: rows written after it (a kill between the
+        # metrics line and the state) are dropped here and recorded again.
+        text = "".join(json.dumps(row) + "\n" for row in history)
+        atomic_write(metrics_path, lambda handle: handle.write(text.encode()))
+        if board_class is not None:
+            board = board_class(str(run_dir / "tensorboard"), purge_step=len(history) + 1 if history else None)
+
+        epochs_left = range(first_epoch, recipe.epochs + 1) if not finished else range(0)
+        with _stop_on_signals(stop), open(metrics_path, "a", encoding="utf-8") as metrics_file:
+            for epoch in epochs_left:
+                model.train()
+                resumed_batch = first_batch if epoch == first_epoch else 0
+                if not resumed_batch:
+                    loss_sum = torch.zeros((), device=torch_device)
+                    epoch_seconds = 0.0
+                epoch_start, seconds_before = time.perf_counter(), epoch_seconds
+                checked = resumed_batch  # batches whose losses are known to be finite
+                bar = tqdm(
+                    total=batches,
+                    initial=resumed_batch,
+                    desc=f"epoch {epoch}/{recipe.epochs}",
+                    unit="batch",
+                    leave=False,
+                    disable=not show_bar,
+                )
+                log = bar.write if show_bar else say
+                for batch, (inputs, targets) in enumerate(loader.epoch(epoch, resumed_batch), start=resumed_batch + 1):
+                    if scheduled:
+                        factor = lr_factor(
+                            recipe.schedule, step, total_steps, warmup_steps, recipe.step_epochs * batches, recipe.gamma
+                        )
+                        for group in optimizer.param_groups:
+                            group["lr"] = recipe.lr * factor
+                    if augmentation.enabled:
+                        inputs = augment_batch(inputs, augmentation, augment_generator)
+                    if recipe.channels_last:
+                        inputs = inputs.contiguous(memory_format=torch.channels_last)
+                    loss = loss_fn(model(inputs), targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if recipe.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                    optimizer.step()
+                    if ema is not None:
+                        ema.update(model)
+                    step += 1
+                    # Summed on the device: reading a loss back (.item()) would stall every step. A NaN or
+                    # inf anywhere poisons the sum, so reading it where the loss is printed anyway (and at
+                    # every save) catches a divergence at no extra cost.
+                    loss_sum += loss.detach()
+                    if batch % recipe.log_every == 0:
+                        if not math.isfinite(loss_sum.item()):
+                            raise diverged(epoch, checked + 1, batch)
+                        checked = batch
+                        if not quiet:
+                            log(f"  loss: {loss.item():>8f}  [batch {batch:>5}/{batches}]")
+                    bar.update()
+                    due = checkpoint_every and step % checkpoint_every == 0 and batch < batches
+                    if due or stop.signum is not None:
+                        if not math.isfinite(loss_sum.item()):
+                            raise diverged(epoch, checked + 1, batch)
+                        checked = batch
+                        epoch_seconds = seconds_before + time.perf_counter() - epoch_start
+                        save_state(epoch, batch)
+                        if stop.signum is not None:
+                            bar.close()
+                            raise interrupted(
+                                stop.signum, f"in epoch {epoch}/{recipe.epochs}, after batch {batch}/{batches}"
+                            )
+                train_total = loss_sum.item()
+                bar.close()
+                if not math.isfinite(train_total):
+                    raise diverged(epoch, checked + 1, batches)
+                train_loss = train_total / batches
+                seconds = seconds_before + time.perf_counter() - epoch_start
+                train_seconds += seconds
+                result = evaluate(eval_model, eval_x, eval_y, recipe.eval_batch_size)
+                row = {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "eval_split": eval_split,
+                    "eval_loss": result.loss,
+                    "eval_accuracy": result.accuracy,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "epoch_seconds": seconds,
+                    "train_seconds": train_seconds,
+                }
+                history.append(row)
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                if board is not None:
+                    for key in ("train_loss", "eval_loss", "eval_accuracy", "lr"):
+                        board.add_scalar(key, row[key], epoch)
+                say(
+                    f"epoch {epoch:>3}/{recipe.epochs}  train loss {train_loss:.4f}  {eval_split} loss "
+                    f"{result.loss:.4f}  {eval_split} accuracy {100 * result.accuracy:.2f}%  {seconds:.2f}s"
+                )
+                if recipe.val_size and result.accuracy > best["accuracy"]:
+                    best = {"accuracy": result.accuracy, "epoch": epoch, "state": _copy_state(eval_model)}
+                early_stop = bool(recipe.patience and recipe.val_size and epoch - best["epoch"] >= recipe.patience)
+                epoch_seconds = 0.0
+                save_state(epoch + 1, 0, done=early_stop or epoch == recipe.epochs)
+                if early_stop:
+                    say(f"early stop: no better validation accuracy for {recipe.patience} epochs")
+                    break
+                if stop.signum is not None:
+                    raise interrupted(stop.signum, f"after epoch {epoch}/{recipe.epochs}")
+
+        last_epoch = history[-1]["epoch"]
+        if best["state"] is not None and best["epoch"] != last_epoch:
+            save_checkpoint(
+                run_dir / LAST_CHECKPOINT_NAME, eval_model, **checkpoint_args, metrics={"epoch": last_epoch}
+            )
+            eval_model.load_state_dict(best["state"])
+        selected_epoch = best["epoch"] or last_epoch
+        test = evaluate(eval_model, test_x, test_y, recipe.eval_batch_size)
+        summary = {
+            "recipe": recipe.name,
+            "model": recipe.model,
+            "dataset": spec.name,
+            "parameters": parameters,
+            "epochs": last_epoch,
+            "selected_epoch": selected_epoch,
+            "selected_by": "best validation accuracy" if recipe.val_size else "last epoch",
+            "val_accuracy": best["accuracy"] if recipe.val_size else None,
+            "device": str(torch_device),
+            "threads": threads,
             "test_accuracy": test.accuracy,
             "test_loss": test.loss,
-            "parameters": parameters,
-            "epoch": selected_epoch,
-        },
-    )
-    figures = _write_plots(run_dir, history, eval_split, splits.test_images, test, spec.classes, recipe.seed)
-    if board is not None:
-        board.add_scalar("test_accuracy", test.accuracy, last_epoch)
-        board.add_image("predictions", _png_as_chw(figures[-1]), last_epoch)
-        board.close()
-    summary["wall_seconds"] = time.perf_counter() - wall_start
-    write_json(run_dir / "summary.json", summary)
+            "final_train_loss": history[-1]["train_loss"],
+            "train_seconds": train_seconds,
+            "checkpoint": CHECKPOINT_NAME,
+        }
+        save_checkpoint(
+            run_dir / CHECKPOINT_NAME,
+            eval_model,
+            **checkpoint_args,
+            metrics={
+                "test_accuracy": test.accuracy,
+                "test_loss": test.loss,
+                "parameters": parameters,
+                "epoch": selected_epoch,
+            },
+        )
+        figures = _write_plots(run_dir, history, eval_split, splits.test_images, test, spec.classes, recipe.seed)
+        if board is not None:
+            board.add_scalar("test_accuracy", test.accuracy, last_epoch)
+            board.add_image("predictions", _png_as_chw(figures[-1]), last_epoch)
+            board.close()
+        summary["wall_seconds"] = time.perf_counter() - wall_start
+        write_json(run_dir / "summary.json", summary)
     chosen = f" (epoch {selected_epoch}, best on validation)" if recipe.val_size else ""
     print(
         f"test accuracy {100 * test.accuracy:.2f}%{chosen}  test loss {test.loss:.4f}  "
@@ -372,3 +556,170 @@ def _show(figures: list[Path]) -> None:
         plots.show_saved(figures)
     except Exception as exc:  # no display or no GUI toolkit: the PNGs are written regardless
         print(f"mnist-nn: warning: cannot open a window ({exc}); the plots are in the run directory", file=sys.stderr)
+
+
+def _open_resume(
+    resume: str | os.PathLike, recipe: str | Recipe | None, out: str | os.PathLike | None, overrides: dict[str, Any]
+) -> tuple[Path, dict[str, Any]]:
+    """The run directory and its loaded state; a flag that would change the run is refused, not silently ignored."""
+    path = Path(resume)
+    run_dir = path.parent if path.is_file() else path
+    if not run_dir.is_dir():
+        raise UserError(f"cannot resume {path}: no such run directory")
+    state_path = run_dir / STATE_NAME
+    if not state_path.exists():
+        raise UserError(
+            f"cannot resume {run_dir}: it holds no {STATE_NAME} (not a run directory, or stopped before its first "
+            "checkpoint)"
+        )
+    saved = load_train_state(state_path)
+    conflicts = []
+    if out is not None and Path(out).resolve() != run_dir.resolve():
+        conflicts.append(f"--out {out} (the run stays in {run_dir})")
+    saved_recipe = saved["recipe"] if isinstance(saved["recipe"], dict) else {}
+    if recipe is not None:
+        name = recipe if isinstance(recipe, str) else recipe.name
+        if name != saved_recipe.get("name") or (isinstance(recipe, Recipe) and recipe.to_dict() != saved_recipe):
+            conflicts.append(f"--recipe {name} (the run's recipe is {saved_recipe.get('name')})")
+    for key, value in overrides.items():
+        if value is not None and saved_recipe.get(key, value) != value:
+            conflicts.append(f"--{key.replace('_', '-')} {value} (the run's is {saved_recipe[key]})")
+    if conflicts:
+        raise UserError(
+            f"--resume continues {run_dir} with its saved recipe; these would change it: {'; '.join(conflicts)} "
+            "(drop them, or start a new run with --out)"
+        )
+    return run_dir, saved
+
+
+def _saved_recipe(state_path: Path, fields: Any) -> Recipe:
+    try:
+        recipe = Recipe(**fields)
+    except TypeError as exc:  # a field this version does not know, or lacks one it needs
+        raise UserError(f"{state_path}: written by an incompatible mnist-nn version ({exc})") from None
+    recipe.validate()
+    return recipe
+
+
+@contextlib.contextmanager
+def _damaged_state(state_path: Path) -> Iterator[None]:
+    """Map a state whose parts do not fit together (edited, or from another build) to one line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{state_path}: damaged or incompatible training state ({first[:200]})") from None
+
+
+def _rng_states(augment_generator: torch.Generator) -> dict[str, Any]:
+    """Every random stream as tensors and plain data (what ``weights_only`` loading accepts)."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return {
+        "torch": torch.get_rng_state(),
+        "augment": augment_generator.get_state(),
+        "cuda": cuda,
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def _restore_rng_states(states: dict[str, Any], augment_generator: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    augment_generator.set_state(states["augment"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    numpy_state = states["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    python_state = states["python"]
+    random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss_next"]))
+
+
+class _StopRequest:
+    """A signal handler: the first SIGINT/SIGTERM asks the loop to stop after its step; a second stops at once."""
+
+    def __init__(self, state_path: Path, run_dir: Path) -> None:
+        self.signum: int | None = None
+        self.state_path = state_path
+        self.run_dir = run_dir
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        # Raised wherever the loop is; a state write it cuts short leaves the previous file (atomic_write).
+        raise Interrupted(
+            f"interrupted again by {signal.Signals(signum).name}: stopped at once; the last good state in "
+            f"{self.state_path} is intact; resume with: mnist-nn train --resume {shlex.quote(str(self.run_dir))}",
+            128 + signum,
+        )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(handler: _StopRequest) -> Iterator[None]:
+    """Install ``handler`` for SIGINT and SIGTERM while training, and put the previous handlers back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; elsewhere Ctrl-C keeps its usual meaning
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _write_errors(run_dir: Path, state_path: Path) -> Iterator[None]:
+    """A failed write in the run directory (full disk, lost permission) as one line that says what to do."""
+    try:
+        yield
+    except OSError as exc:
+        target = exc.filename or run_dir
+        reason = exc.strerror or type(exc).__name__
+        advice = ""
+        if exc.errno == errno.ENOSPC:
+            advice = "; free some disk space"
+        if state_path.exists():
+            advice += f"; the last good state is intact: mnist-nn train --resume {shlex.quote(str(run_dir))}"
+        raise UserError(f"cannot write {target}: {reason}{advice}") from None
+
+
+def _check_disk_space(run_dir: Path, model: nn.Module, recipe: Recipe, has_ema: bool) -> None:
+    """Refuse to start when the checkpoints of this run cannot fit, rather than fail hours in."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    # state.pt: the weights, the optimizer's moments, the EMA and the best epoch's weights; during a
+    # save the old and new state exist together; then model.pt, last.pt and some MB of plots and logs.
+    moments = 1 if recipe.optimizer == "sgd" else 2
+    state = weights * (1 + moments + int(has_ema) + int(bool(recipe.val_size)))
+    needed = 2 * state + 2 * weights + 16 * 2**20
+    existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.is_dir())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise UserError(
+            f"not enough free disk space in {run_dir}: this run's checkpoints need about "
+            f"{needed / 2**20:.0f} MB, {free / 2**20:.0f} MB free"
+        )
+
+
+def _remove_stale_temp_files(run_dir: Path) -> None:
+    """Temp files of writes a kill cut short (atomic_write names them .NAME.XXXX.tmp): never read, only litter."""
+    for path in run_dir.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            path.unlink()
