@@ -227,3 +227,22 @@ def test_ema_follows_the_weights_with_a_warm_up():
     restored = ModelEMA(model, decay=0.5)
     restored.load_state_dict(ema.state_dict())
     assert restored.updates == 2001 and restored.decay == 0.99
+
+
+def test_bf16_autocast_trains(tmp_path, toy_dataset):
+    _train_toy(toy_dataset, tmp_path / "run", epochs=3, precision="bf16", model="lenet5")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["recipe"]["precision"] == "bf16"
+    assert summary["test_accuracy"] > 0.9
+
+
+def test_compiled_training_matches_eager(tmp_path, toy_dataset):
+    """torch.compile changes how the step runs, not what it computes (up to float rounding)."""
+    _train_toy(toy_dataset, tmp_path / "eager", epochs=1, model="lenet5")
+    _train_toy(toy_dataset, tmp_path / "compiled", epochs=1, model="lenet5", compile="")
+    eager, compiled = (
+        json.loads((tmp_path / n / "metrics.jsonl").read_text().splitlines()[0]) for n in ("eager", "compiled")
+    )
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
+    assert compiled["eval_accuracy"] == pytest.approx(eager["eval_accuracy"], abs=0.02)

@@ -60,6 +60,7 @@ RECIPE_HELP = {
     "channels_last": "channels-last memory format (faster convolutions on CPU)",
     "eval_batch_size": "batch size for evaluation",
     "log_every": "print the loss every this many batches",
+    "precision": "fp32, or bf16 to autocast the forward pass to bfloat16",
 }
 
 
@@ -133,6 +134,13 @@ def build_parser() -> Parser:
         default=None,
         help="repeatable CUDA kernels (deterministic algorithms, cuDNN without autotuning, a fixed cuBLAS "
         "workspace): bitwise-identical GPU runs, often 10-30%% slower for CNNs; CPU runs are repeatable without it",
+    )
+
+    train.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model for training (CUDA: mode max-autotune with CUDA graphs); "
+        "costs tens of seconds of compilation first, so it pays off only on long runs",
     )
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint, or an ensemble of several, on the test set")
@@ -219,6 +227,7 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         checkpoint_every=args.checkpoint_every,
         deterministic=args.deterministic,
+        compile_model=args.compile,
         **overrides,
     )
     return 0

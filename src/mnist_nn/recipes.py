@@ -49,6 +49,7 @@ class Recipe:
     val_size: int = 5000
     patience: int = 0  # early stopping after this many epochs without a better validation accuracy; 0 is off
     channels_last: bool = False
+    precision: str = "fp32"  # "bf16": autocast the forward pass to bfloat16 (fast on recent GPUs and CPUs with AMX)
     seed: int = 0
     eval_batch_size: int = 2000
     log_every: int = 100
@@ -92,6 +93,8 @@ class Recipe:
             raise UserError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
         if self.aug_elastic and not self.aug_elastic_sigma > 0:
             raise UserError(f"elastic sigma must be positive, got {self.aug_elastic_sigma}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.normalization not in ("unit", "standard"):
             raise UserError(f"normalization must be 'unit' or 'standard', got {self.normalization!r}")
         if self.optimizer not in OPTIMIZERS:
