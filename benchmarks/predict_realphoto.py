@@ -4,30 +4,27 @@
 
 Uses the same seeded synthetic sets as the tests (mnist_nn.synthetic): 1,000 photo-like single
 digits and 500 numbers of 2-6 digits made from MNIST test images. Prints the figures and writes
-them as JSON to benchmarks/results/predict_realphoto-<timestamp>.json.
+them as JSON to benchmarks/results/predict-realphoto.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_result
 
 from mnist_nn import synthetic
 from mnist_nn.data import load_dataset
 from mnist_nn.device import configure_cpu
 from mnist_nn.errors import UserError
 from mnist_nn.predict import Predictor
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def throughput(run, repeats: int = 7) -> float:
@@ -48,6 +45,8 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=1000)
     parser.add_argument("--numbers", type=int, default=500)
     parser.add_argument("--batch", type=int, default=1000, help="batch size for the throughput comparison")
+    parser.add_argument("--name", default="predict-realphoto", help="result file name (benchmarks/results/NAME.json)")
+    parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args()
     threads = configure_cpu()
     try:
@@ -124,9 +123,7 @@ def main() -> int:
         f"  throughput (batch {len(batch)})     PyTorch {torch_speed:,.0f} images/s, ONNX Runtime {onnx_speed:,.0f} "
         f"images/s ({onnx_speed / torch_speed:.2f}x)"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"predict_realphoto-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = write_result(args.name, result, *([args.results] if args.results else []))
     print(f"  written to {out}")
     return 0
 

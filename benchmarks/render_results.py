@@ -91,7 +91,18 @@ def speed_table(results: Path, chinese: bool) -> str:
             lines.append(
                 f"| {what} | {t['baseline']['median']:.1f} s | {t['ours']['median']:.1f} s | {t['speedup']:.1f}x |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines) + _machine_note(results, ["tutorial.json", "time-to-99.json"], chinese)
+
+
+def _machine_note(results: Path, names: list[str], chinese: bool) -> str:
+    found = [json.loads((results / n).read_text()) for n in names if (results / n).exists()]
+    if not found:
+        return ""
+    machine = found[0]["machine"]
+    where = f"{machine.get('cpu_count', '?')} CPU cores, PyTorch {machine.get('torch', '?')}"
+    if machine.get("cuda"):
+        where += f", {machine['cuda']}"
+    return f"\n\n测量环境：{where}。" if chinese else f"\n\nMeasured on {where}."
 
 
 def inference_table(results: Path, chinese: bool) -> str:
@@ -117,7 +128,10 @@ def inference_table(results: Path, chinese: bool) -> str:
             f"| `{model}` | {b1['images_per_second']:,.0f}/s ({b1['path']}) | {eager['images_per_second']:,.0f}/s | "
             f"{b1000['images_per_second']:,.0f}/s ({b1000['path']}) |"
         )
-    return "\n".join(lines)
+    threads = f"{data['threads']} threads; " if not chinese else f"{data['threads']} 个线程；"
+    return "\n".join(lines) + _machine_note(results, ["inference.json"], chinese).replace(
+        "Measured on ", "Measured with " + threads
+    ).replace("测量环境：", "测量环境：" + threads)
 
 
 TABLES = {"recipe-results": recipe_table, "speed-results": speed_table, "inference-results": inference_table}
@@ -125,9 +139,9 @@ TABLES = {"recipe-results": recipe_table, "speed-results": speed_table, "inferen
 
 def render(text: str, results: Path, chinese: bool) -> str:
     for name, make in TABLES.items():
-        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
         table = make(results, chinese)
-        text = pattern.sub(lambda m, table=table: m.group(1) + table + m.group(2), text)
+        text = pattern.sub(lambda m, table=table: m.group(1) + table + "\n" + m.group(2), text)
     return text
 
 

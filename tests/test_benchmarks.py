@@ -132,3 +132,23 @@ def test_profile_benchmark(mnist_dir, tmp_path):
     data = json.loads((tmp_path / "profile-cnn-fast.json").read_text())
     assert len(data["top"]) == 5 and all(0 < row["share"] <= 1 for row in data["top"])
     assert data["top"][0]["op"] in out
+
+
+def test_predict_realphoto_benchmark(mnist_dir, trained_checkpoint, tmp_path):
+    bench(
+        "predict_realphoto.py",
+        str(trained_checkpoint),
+        "--data-dir",
+        str(mnist_dir),
+        "--photos",
+        "50",
+        "--numbers",
+        "20",
+        "--batch",
+        "100",
+        "--results",
+        str(tmp_path),
+    )
+    data = json.loads((tmp_path / "predict-realphoto.json").read_text())
+    assert data["photo_images"] == 50 and data["multi_numbers"] == 20
+    assert data["onnx_max_abs_diff"] < 1e-4 and data["onnxruntime_images_per_s"] > 0
