@@ -76,9 +76,8 @@ def real_mnist_dir() -> Path | None:
 _NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-@pytest.fixture
-def mnist_dir() -> Path:
-    """The real MNIST files; a failure, not a skip, when MNIST_NN_REQUIRE_DATA=1 (as in CI)."""
+def require_real_mnist() -> Path:
+    """The real MNIST folder; without it a skip, or a failure when MNIST_NN_REQUIRE_DATA=1 (as in CI)."""
     found = real_mnist_dir()
     if found is None:
         message = "real MNIST not found: set MNIST_NN_DATA to the folder with the four IDX files"
@@ -86,6 +85,11 @@ def mnist_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    return require_real_mnist()
 
 
 @pytest.fixture(scope="session")
@@ -115,12 +119,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     """A briefly trained checkpoint on the real MNIST ($MNIST_NN_CHECKPOINT: use that one instead)."""
     if os.environ.get("MNIST_NN_CHECKPOINT"):
         return Path(os.environ["MNIST_NN_CHECKPOINT"])
-    found = real_mnist_dir()
-    if found is None:
-        message = "real MNIST not found: set MNIST_NN_DATA to the folder with the four IDX files"
-        if os.environ.get("MNIST_NN_REQUIRE_DATA") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    found = require_real_mnist()
     import mnist_nn
 
     run = mnist_nn.train(

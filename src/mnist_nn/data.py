@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .registry import Registry
 
 IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -47,12 +48,11 @@ class DatasetSpec:
     test_size: int = 10000
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    DATASETS[spec.name] = spec
-    return spec
+    return DATASETS.add(spec.name, spec)
 
 
 register_dataset(
@@ -101,11 +101,7 @@ register_dataset(
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        known = ", ".join(sorted(DATASETS))
-        raise UserError(f"unknown dataset {name!r}; known datasets: {known}") from None
+    return DATASETS.lookup(name)
 
 
 # --------------------------------------------------------------------------- IDX files

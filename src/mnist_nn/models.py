@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from .errors import UserError
+from .registry import Registry
 
 
 class MLP(nn.Sequential):
@@ -125,12 +126,11 @@ class ModelSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
-MODELS: dict[str, ModelSpec] = {}
+MODELS: Registry[ModelSpec] = Registry("model")
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
-    MODELS[spec.name] = spec
-    return spec
+    return MODELS.add(spec.name, spec)
 
 
 register_model(
@@ -171,11 +171,7 @@ register_model(
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    try:
-        return MODELS[name]
-    except KeyError:
-        known = ", ".join(sorted(MODELS))
-        raise UserError(f"unknown model {name!r}; known models: {known}") from None
+    return MODELS.lookup(name)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

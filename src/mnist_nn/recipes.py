@@ -8,6 +8,7 @@ from typing import Any
 
 from .augment import Augmentation
 from .errors import UserError
+from .registry import Registry
 from .schedules import SCHEDULES
 
 
@@ -108,13 +109,12 @@ class Recipe:
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
-RECIPES: dict[str, Recipe] = {}
+RECIPES: Registry[Recipe] = Registry("recipe")
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
     recipe.validate()
-    RECIPES[recipe.name] = recipe
-    return recipe
+    return RECIPES.add(recipe.name, recipe)
 
 
 # The tutorial's numbers exactly: its DataLoader(batch_size=64) without shuffling,
@@ -199,8 +199,4 @@ register_recipe(
 
 
 def get_recipe(name: str) -> Recipe:
-    try:
-        return RECIPES[name]
-    except KeyError:
-        known = ", ".join(sorted(RECIPES))
-        raise UserError(f"unknown recipe {name!r}; known recipes: {known}") from None
+    return RECIPES.lookup(name)
