@@ -1,0 +1,377 @@
+"""The web app and REST API around one Predictor: a drawing page at ``/``, JSON at ``/api/...``.
+
+Every answer comes from the same ``Predictor`` the CLI uses (``prepare`` -> ``probabilities`` ->
+``read``), so the page, the API and ``mnist-nn predict`` cannot disagree about an image.
+
+Client mistakes are 4xx with a JSON ``{"detail": "..."}``: a body over the size limit is 413
+(refused from its Content-Length, or as soon as the streamed bytes pass the limit, never read
+whole into memory), an image with too many pixels (a decompression bomb) 413, a content type
+other than JSON or multipart 415, a malformed body or a wrong shape 422.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from anyio import CapacityLimiter
+from anyio.to_thread import run_sync
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..predict import Predictor
+from ..preprocess import MNIST_SIZE, ImageError, NoDigitFound
+from ..version import __version__
+
+log = logging.getLogger("mnist_nn.serve")
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_BODY_BYTES = 5 * 1024 * 1024
+# Lower than the CLI's 50 MP: a server decodes images for strangers, several at once, and a
+# 16 MP decode already takes ~100 MB; a 12 MP phone photo still passes.
+MAX_PIXELS = 16_000_000
+# The page, its script and its styles come from this app only: no CDN, works offline.
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+# --------------------------------------------------------------------------- response schemas
+
+
+class Reading(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictResponse(BaseModel):
+    status: str = Field(description='"ok", or "no digit found" for a blank or ink-less image')
+    label: str | None = Field(description="the predicted class; null when no digit was found")
+    confidence: float | None = Field(description="the predicted class's probability")
+    probabilities: dict[str, float] | None = Field(description="every class's probability, in class order")
+    top: list[Reading] = Field(description="the three most probable classes, best first")
+    seen: list[list[int]] | None = Field(description="the 28x28 image the model saw, 0-255, light digit on dark")
+    model: str
+    latency_ms: float = Field(description="time spent in the server on this request, milliseconds")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    parameters: int
+    dataset: str | None
+    labels: list[str]
+    test_accuracy: float | None = Field(description="test accuracy recorded in the checkpoint, 0-1")
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    version: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+PIXELS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["pixels"],
+    "properties": {
+        "pixels": {
+            "type": "array",
+            "description": "28 rows of 28 grayscale values 0-255 (either polarity when preprocessed)",
+            "minItems": MNIST_SIZE,
+            "maxItems": MNIST_SIZE,
+            "items": {
+                "type": "array",
+                "minItems": MNIST_SIZE,
+                "maxItems": MNIST_SIZE,
+                "items": {"type": "number", "minimum": 0, "maximum": 255},
+            },
+        }
+    },
+}
+UPLOAD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "PNG, JPEG, BMP, GIF, WebP, TIFF"}},
+}
+ERRORS = {code: {"model": ErrorResponse} for code in (413, 415, 422)}
+
+
+# --------------------------------------------------------------------------- body size limit
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large: the limit is {limit:,} bytes ({limit / 2**20:g} MB)")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` without holding them in memory.
+
+    A declared Content-Length over the limit is answered at once, before a byte of the body is
+    read. A body without one (chunked) or lying about it is counted as it streams in; the read
+    that passes the limit raises BodyTooLarge, which the app turns into a 413 (or, if it escapes
+    the app before a response started, this middleware does).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                await _send_json(send, 400, "invalid Content-Length header")
+                return
+            if length > self.max_bytes:
+                await _send_json(send, 413, BodyTooLarge(self.max_bytes).detail)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            await _send_json(send, 413, exc.detail)
+
+
+async def _send_json(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(
+    predictor: Predictor,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_pixels: int = MAX_PIXELS,
+    workers: int | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``predictor``; it never loads anything a client names.
+
+    ``workers``: how many requests are preprocessed and run at once, off the event loop
+    (default: the CPU count). More threads than cores only queue behind Python's lock and
+    stretch every request's latency.
+    """
+    model_name = str(predictor.metadata.get("model", "model"))
+    info = ModelInfo(
+        name=model_name,
+        parameters=sum(p.numel() for p in predictor.pixel_model.model.parameters()),
+        dataset=predictor.metadata.get("dataset"),
+        labels=list(predictor.labels),
+        test_accuracy=predictor.metadata.get("test_accuracy"),
+    )
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limiter = CapacityLimiter(workers or cpus)
+
+    app = FastAPI(
+        title="mnist-nn",
+        version=__version__,
+        description="Handwritten-digit recognition: draw at `/`, or POST an image or 28x28 pixels to `/api/predict`.",
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, never a client's doing (client input is caught in predict): log it, answer without internals.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=_page_headers())
+
+    @app.get("/api/health", response_model=Health, tags=["api"])
+    async def health() -> Health:
+        return Health(status="ok", model=model_name, version=__version__)
+
+    @app.get("/api/model", response_model=ModelInfo, tags=["api"])
+    async def model() -> ModelInfo:
+        return info
+
+    @app.post(
+        "/api/predict",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        tags=["api"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {"schema": UPLOAD_SCHEMA},
+                    "application/json": {"schema": PIXELS_SCHEMA},
+                },
+            }
+        },
+    )
+    async def predict(
+        request: Request,
+        preprocess: bool = Query(
+            True,
+            description="prepare the image the CLI's way (find the ink, fit it to 20x20, centre it); false: the "
+            "input is already 28x28 in MNIST form (light digit on dark)",
+        ),
+    ) -> JSONResponse:
+        """Read one digit from an image upload (multipart field `file`) or JSON `{"pixels": 28x28 of 0-255}`."""
+        start = time.perf_counter()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            # Parsed in the worker thread too: up to 5 MB of JSON is milliseconds of CPU.
+            source = await request.body()
+            name = "pixels"
+        elif kind == "multipart/form-data":
+            source, name = await read_upload(request)
+        else:
+            raise HTTPException(
+                415,
+                f"unsupported content type {kind or '(none)'!r}: send multipart/form-data with an image "
+                'in the field "file", or application/json {"pixels": 28x28 values 0-255}',
+            )
+        result = await run_sync(_answer, predictor, kind, source, name, preprocess, max_pixels, limiter=limiter)
+        result["model"] = model_name
+        result["latency_ms"] = round(1000 * (time.perf_counter() - start), 3)
+        # Built to PredictResponse's shape by _answer; returned as is, skipping a second validation per request.
+        return JSONResponse(result)
+
+    app.mount("/static", _HeaderedStatic(directory=STATIC), name="static")
+    return app
+
+
+class _HeaderedStatic(StaticFiles):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *_page_headers(raw=True)]
+            await send(message)
+
+        await super().__call__(scope, receive, with_headers)
+
+
+def _page_headers(raw: bool = False) -> Any:
+    headers = {"content-security-policy": PAGE_CSP, "x-content-type-options": "nosniff"}
+    if raw:
+        return [(k.encode(), v.encode()) for k, v in headers.items()]
+    return headers
+
+
+# --------------------------------------------------------------------------- request parsing
+
+
+def parse_pixels(body: bytes) -> np.ndarray:
+    """JSON ``{"pixels": 28x28 numbers 0-255}`` -> float32 [28, 28]; 422 with the reason otherwise."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise HTTPException(422, f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict) or "pixels" not in data:
+        raise HTTPException(422, 'expected a JSON object with a "pixels" field: 28 rows of 28 values 0-255')
+    try:
+        pixels = np.asarray(data["pixels"])
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        pixels = None  # ragged rows
+    if pixels is None or pixels.dtype.kind not in "iuf":
+        raise HTTPException(422, '"pixels" must be 28 rows of 28 numbers, 0-255')
+    if pixels.shape != (MNIST_SIZE, MNIST_SIZE):
+        raise HTTPException(422, f'"pixels" must be 28x28, got shape {list(pixels.shape)}')
+    pixels = pixels.astype(np.float64)
+    if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
+        raise HTTPException(422, '"pixels" values must be finite numbers from 0 to 255')
+    return pixels.astype(np.float32)
+
+
+async def read_upload(request: Request) -> tuple[bytes, str]:
+    """The one uploaded file's bytes and name; 422 for a malformed form or one without a file."""
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except BodyTooLarge:
+        raise
+    except HTTPException as exc:  # Starlette's 400 for a malformed multipart body
+        raise HTTPException(422, f"malformed multipart body: {exc.detail}") from None
+    try:
+        uploads = [value for value in form.values() if isinstance(value, UploadFile)]
+        if not uploads:
+            raise HTTPException(422, 'no file in the upload: send the image in the multipart field "file"')
+        upload = form.get("file") if isinstance(form.get("file"), UploadFile) else uploads[0]
+        data = await upload.read()
+        return data, upload.filename or "upload"
+    finally:
+        await form.close()
+
+
+# --------------------------------------------------------------------------- inference (in a worker thread)
+
+
+def _answer(predictor: Predictor, kind: str, body: bytes, name: str, preprocess: bool, max_pixels: int) -> dict:
+    """Parse, prepare, run and read one image with the Predictor's own steps; CPU-bound, so off the event loop."""
+    source = parse_pixels(body) if kind == "application/json" else body
+    try:
+        segments = predictor.prepare(source, preprocess=preprocess, max_pixels=max_pixels)
+    except NoDigitFound:
+        return {
+            "status": "no digit found",
+            "label": None,
+            "confidence": None,
+            "probabilities": None,
+            "top": [],
+            "seen": None,
+        }
+    except ImageError as exc:
+        detail = str(exc).replace("<bytes>", name, 1)
+        # A pixel bomb is refused from its header; it is "too large", like an oversized body.
+        raise HTTPException(413 if "image too large" in detail else 422, detail) from None
+    except Exception as exc:
+        # Whatever the image does to the preprocessing, it is the image's doing: a 422, not a 500.
+        log.warning("could not process %s", name, exc_info=exc)
+        raise HTTPException(422, f"{name}: could not process this image ({type(exc).__name__})") from None
+    pixels = segments[0].pixels
+    probabilities = predictor.probabilities(pixels)
+    reading = predictor.read(probabilities, top_k=3)[0]
+    return {
+        "status": "ok",
+        "label": reading.label,
+        "confidence": reading.confidence,
+        "probabilities": dict(zip(predictor.labels, probabilities[0].tolist(), strict=True)),
+        "top": reading.top,
+        "seen": np.clip(np.rint(pixels), 0, 255).astype(np.uint8).tolist(),
+    }

@@ -1,0 +1,168 @@
+"""The drawing page in a real browser: headless Chromium (the Debian package) driven by Playwright.
+
+Playwright never downloads a browser here: it drives /usr/bin/chromium. Without it the test is
+skipped, or fails when MNIST_NN_REQUIRE_BROWSER=1 (as in CI). MNIST_NN_SCREENSHOT=PATH also
+copies the screenshot there, to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import real_mnist_dir
+
+CHROMIUM = Path(os.environ.get("MNIST_NN_CHROMIUM", "/usr/bin/chromium"))
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        if os.environ.get("MNIST_NN_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require(False, "Playwright is not installed: pip install playwright")
+    pytest.importorskip("fastapi")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(request, random_checkpoint) -> tuple[Path, bool]:
+    """The briefly trained checkpoint where real MNIST (or $MNIST_NN_CHECKPOINT) is at hand, else an untrained one."""
+    if os.environ.get("MNIST_NN_CHECKPOINT") or real_mnist_dir() is not None:
+        return request.getfixturevalue("trained_checkpoint"), True
+    return random_checkpoint, False
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    from live_server import live_server
+    from mnist_nn.predict import Predictor
+    from mnist_nn.serve import create_app
+
+    with live_server(create_app(Predictor.from_checkpoint(checkpoint[0]))) as url:
+        yield url
+
+
+def _answered(page) -> int:
+    return int(page.evaluate("document.body.dataset.answered || '0'"))
+
+
+def _wait_for_answer(page, after: int) -> None:
+    page.wait_for_function("after => Number(document.body.dataset.answered || 0) > after", arg=after, timeout=20_000)
+
+
+def _bar_percentages(page) -> list[float]:
+    return [float(text.rstrip("%")) for text in page.locator("#bars li .pct").all_inner_texts()]
+
+
+def test_draw_and_upload_in_chromium(browser, server, checkpoint, tmp_path):
+    trained = checkpoint[1]
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    errors: list[str] = []
+    foreign: list[str] = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: request.url.startswith(server) or foreign.append(request.url))
+    page.goto(server + "/")
+    page.wait_for_function("() => document.getElementById('model-info').textContent.includes('parameters')")
+    assert page.locator("#bars li").count() == 10
+
+    # Draw a 7 with the mouse: a bar, then a diagonal down to the left.
+    box = page.locator("#pad").bounding_box()
+    x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+    before = _answered(page)
+    page.mouse.move(x + 0.25 * w, y + 0.2 * h)
+    page.mouse.down()
+    page.mouse.move(x + 0.75 * w, y + 0.2 * h, steps=12)
+    page.mouse.move(x + 0.42 * w, y + 0.85 * h, steps=16)
+    page.mouse.up()
+    _wait_for_answer(page, before)
+    page.wait_for_timeout(300)  # the debounced last stroke's answer, if one is still coming
+    page.wait_for_function("() => !document.body.dataset.busy")
+    label = page.locator("#label").inner_text()
+    assert re.fullmatch(r"\d", label), label
+    percentages = _bar_percentages(page)
+    assert len(percentages) == 10 and abs(sum(percentages) - 100) < 1.0
+    assert page.locator("#bars li.best").count() == 1
+    assert page.locator("#bars li.best").get_attribute("data-label") == label
+    widths = page.eval_on_selector_all("#bars .fill", "fills => fills.map(f => parseFloat(f.style.width))")
+    assert max(widths) > 0
+    seen_ink = page.evaluate(
+        "(() => { const d = document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data;"
+        " let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return s; })()"
+    )
+    assert seen_ink > 0  # the 28x28 the model saw is shown
+    if trained:
+        assert label == "7"
+    drawn_shot = tmp_path / "serve-drawn.png"
+    page.screenshot(path=str(drawn_shot), full_page=True, animations="disabled")
+
+    # Upload a file through the file input: a '1'.
+    image = Image.new("L", (200, 260), 235)
+    ImageDraw.Draw(image).line([(100, 30), (104, 230)], fill=20, width=16)
+    one = tmp_path / "one.png"
+    image.save(one)
+    before = _answered(page)
+    page.set_input_files("#file", str(one))
+    _wait_for_answer(page, before)
+    label = page.locator("#label").inner_text()
+    assert re.fullmatch(r"\d", label), label
+    if trained:
+        assert label == "1"
+    shot = tmp_path / "serve.png"
+    page.screenshot(path=str(shot), full_page=True, animations="disabled")
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("MNIST_NN_SCREENSHOT"):
+        shutil.copyfile(drawn_shot, os.environ["MNIST_NN_SCREENSHOT"])
+
+    # Keyboard: the controls are labelled buttons; Escape clears.
+    assert page.get_by_role("button", name="Clear").is_visible()
+    assert page.get_by_role("button", name="Upload an image…").is_visible()
+    page.keyboard.press("Escape")
+    assert page.locator("#label").inner_text() == "–"
+    assert errors == [] and foreign == []
+    page.close()
+
+
+def test_page_fits_a_phone_screen(browser, server, tmp_path):
+    page = browser.new_page(viewport={"width": 375, "height": 740}, has_touch=True, is_mobile=True)
+    page.goto(server + "/")
+    page.wait_for_function("() => document.getElementById('model-info').textContent.includes('parameters')")
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0
+    pad = page.locator("#pad").bounding_box()
+    assert 250 <= pad["width"] <= 375
+    # A tap on the pad draws a dot and asks the network, as a finger would.
+    before = _answered(page)
+    page.locator("#pad").tap(position={"x": pad["width"] / 2, "y": pad["height"] / 2})
+    _wait_for_answer(page, before)
+    assert page.locator("#confidence").inner_text() != "draw something"
+    shot = tmp_path / "serve-phone.png"
+    page.screenshot(path=str(shot), full_page=True, animations="disabled")
+    if os.environ.get("MNIST_NN_SCREENSHOT"):
+        target = Path(os.environ["MNIST_NN_SCREENSHOT"])
+        shutil.copyfile(shot, target.with_name(f"{target.stem}-phone{target.suffix}"))
+    page.close()
