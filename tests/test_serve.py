@@ -137,7 +137,12 @@ def test_openapi_documents_the_api(client):
     assert set(spec["paths"]) == {"/api/predict", "/api/health", "/api/model"}
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # Swagger UI's own scripts come from this server, not a CDN: the docs page works offline.
+    assert "cdn.jsdelivr.net" not in docs.text and "unpkg.com" not in docs.text
+    scripts = [part.split('"')[0] for part in docs.text.split('src="')[1:]]
+    assert scripts and all(client.get(src).status_code == 200 for src in scripts)
 
 
 def test_no_request_can_make_the_server_load_a_checkpoint(client, monkeypatch):

@@ -24,6 +24,7 @@ from anyio.to_thread import run_sync
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -205,7 +206,8 @@ def create_app(
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     limiter = CapacityLimiter(workers or cpus)
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI's scripts from the package itself: /docs works without internet.
+    app = FastAPIOffline(
         title="mnist-nn",
         version=__version__,
         description="Handwritten-digit recognition: draw at `/`, or POST an image or 28x28 pixels to `/api/predict`.",
