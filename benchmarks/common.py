@@ -78,3 +78,14 @@ def parse_fields(line: str) -> dict[str, float]:
         except ValueError:
             continue
     return fields
+
+
+def train_cli(recipe: str, out: Path, data_dir: str | None, *flags: str) -> tuple[dict[str, Any], float]:
+    """`mnist-nn train` in a child process, as a user runs it; returns its summary.json and wall seconds."""
+    import sys
+
+    command = [sys.executable, "-m", "mnist_nn", "train", "--recipe", recipe, "--out", str(out), "--quiet"]
+    if data_dir:
+        command += ["--data-dir", data_dir]
+    _, wall = run([*command, *flags])
+    return json.loads((out / "summary.json").read_text()), wall

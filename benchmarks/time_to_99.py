@@ -12,14 +12,13 @@ Writes benchmarks/results/time-to-99.json.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, default_data_dir, describe, parse_fields, run, write_result
+from common import ROOT, default_data_dir, describe, parse_fields, train_cli, write_result
 
 BASELINE = ROOT.parent / "shared" / "baselines" / "examples_cnn.py"
 TARGET = 0.99
@@ -81,25 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             out = Path(scratch) / f"run{repeat}"
-            run(
-                [
-                    sys.executable,
-                    "-m",
-                    "mnist_nn",
-                    "train",
-                    "--recipe",
-                    args.recipe,
-                    "--seed",
-                    str(repeat),
-                    "--data-dir",
-                    args.data_dir,
-                    "--out",
-                    str(out),
-                    "--quiet",
-                    *(["--epochs", str(args.epochs)] if args.epochs else []),
-                ]
-            )
-            summary = json.loads((out / "summary.json").read_text())
+            epochs_flag = ["--epochs", str(args.epochs)] if args.epochs else []
+            summary, _ = train_cli(args.recipe, out, args.data_dir, "--seed", str(repeat), *epochs_flag)
             ok = summary["test_accuracy"] >= TARGET
             ours.append(
                 {

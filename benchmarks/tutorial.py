@@ -10,12 +10,11 @@ writes benchmarks/results/tutorial.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, default_data_dir, describe, parse_fields, run, write_result
+from common import ROOT, default_data_dir, describe, parse_fields, run, train_cli, write_result
 
 BASELINE = ROOT.parent / "shared" / "baselines" / "tutorial_mlp.py"
 
@@ -45,24 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             out = Path(scratch) / f"run{repeat}"
-            _, wall = run(
-                [
-                    sys.executable,
-                    "-m",
-                    "mnist_nn",
-                    "train",
-                    "--recipe",
-                    "tutorial",
-                    "--epochs",
-                    str(args.epochs),
-                    "--data-dir",
-                    args.data_dir,
-                    "--out",
-                    str(out),
-                    "--quiet",
-                ]
-            )
-            summary = json.loads((out / "summary.json").read_text())
+            summary, wall = train_cli("tutorial", out, args.data_dir, "--epochs", str(args.epochs))
             ours.append(
                 {
                     "train_seconds": summary["train_seconds"],
