@@ -38,7 +38,7 @@ def recipe_table(results: Path, chinese: bool) -> str:
     else:
         header = (
             "| recipe | dataset | parameters | seeds | test accuracy (mean ± std) | min–max "
-            "| ensemble of the seeds | training time per run |"
+            "| ensemble of the seeds | training time per run (threads) |"
         )
     lines = [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -47,7 +47,7 @@ def recipe_table(results: Path, chinese: bool) -> str:
         lines.append(
             f"| `{r['recipe']}` | {r['dataset']} | {r['parameters']:,} | {r['seeds']} | "
             f"{_pct(a['mean'])} ± {100 * a['std']:.2f} | {_pct(a['min'])}–{_pct(a['max'])} | {ensemble} | "
-            f"{t['mean']:.1f} s (max {t['max']:.1f} s) |"
+            f"{t['mean']:.1f} s (max {t['max']:.1f} s; {'/'.join(map(str, r.get('threads', ['?'])))}) |"
         )
     if not rows:
         lines.append("| – | – | – | – | – | – | – | – |")

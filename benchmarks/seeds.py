@@ -11,6 +11,8 @@ the README's table. Run directories go to benchmarks/runs/ (not committed).
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +20,16 @@ from common import RESULTS, ROOT, default_data_dir, describe, write_result
 
 import mnist_nn
 from mnist_nn.evaluate import evaluate_checkpoint
+
+
+def _finished_run(out: Path, recipe: mnist_nn.recipes.Recipe, seed: int) -> dict | None:
+    """The summary of a finished run of exactly this recipe and seed in ``out``, else None."""
+    try:
+        config = json.loads((out / "config.json").read_text())
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if config["recipe"] == {**recipe.to_dict(), "seed": seed} else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--reuse", action="store_true", help="count a seed's finished run directory (same recipe) instead of retraining"
+    )
     args = parser.parse_args(argv)
 
     recipe = mnist_nn.trainer.resolve_recipe(args.recipe, dataset=args.dataset, epochs=args.epochs)
@@ -40,18 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         out = args.runs / f"{label}-seed{seed}"
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        result = mnist_nn.train(recipe, data_dir=args.data_dir, out=out, seed=seed, quiet=True, progress=False)
+        summary = _finished_run(out, recipe, seed) if args.reuse else None
+        if summary is None:
+            if out.exists():
+                shutil.rmtree(out)
+            summary = mnist_nn.train(
+                recipe, data_dir=args.data_dir, out=out, seed=seed, quiet=True, progress=False
+            ).summary
         runs.append({"seed": seed, "run_dir": str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out)})
-        runs[-1].update(
-            {k: result.summary[k] for k in ("test_accuracy", "test_loss", "train_seconds", "selected_epoch")}
-        )
+        runs[-1].update({k: summary[k] for k in ("test_accuracy", "test_loss", "train_seconds", "selected_epoch")})
         print(
-            f"seed {seed}: test accuracy {100 * result.summary['test_accuracy']:.2f}%  "
-            f"training {result.summary['train_seconds']:.1f}s",
+            f"seed {seed}: test accuracy {100 * summary['test_accuracy']:.2f}%  "
+            f"training {summary['train_seconds']:.1f}s ({summary['threads']} threads)",
             flush=True,
         )
     accuracy = describe([r["test_accuracy"] for r in runs])
@@ -60,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": recipe.name,
         "dataset": recipe.dataset,
         "model": recipe.model,
-        "parameters": result.summary["parameters"],
+        "parameters": summary["parameters"],
         "epochs": recipe.epochs,
-        "device": result.summary["device"],
+        "device": summary["device"],
+        "threads": sorted({json.loads((ROOT / r["run_dir"] / "summary.json").read_text())["threads"] for r in runs}),
         "seeds": len(runs),
         "test_accuracy": accuracy,
         "train_seconds": seconds,

@@ -80,6 +80,25 @@ def test_seeds_and_render(mnist_dir, tmp_path):
     )
     data = json.loads((tmp_path / "recipe-cnn-fast-1ep.json").read_text())
     assert data["seeds"] == 2 and [r["seed"] for r in data["runs"]] == [0, 1]
+    model = tmp_path / "runs" / "recipe-cnn-fast-1ep-seed0" / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    again = bench(
+        "seeds.py",
+        "--recipe",
+        "cnn-fast",
+        "--epochs",
+        "1",
+        "--seeds",
+        "1",
+        "--reuse",
+        "--data-dir",
+        str(mnist_dir),
+        "--results",
+        str(tmp_path / "again"),
+        "--runs",
+        str(tmp_path / "runs"),
+    )
+    assert model.stat().st_mtime_ns == stamp and f"{100 * data['runs'][0]['test_accuracy']:.2f}%" in again
     assert data["test_accuracy"]["min"] > 0.95 and 0 < data["ensemble_accuracy"] <= 1
     # The README renderer leaves smoke results (named *-Nep) out; give it a full-named copy.
     (tmp_path / "recipe-cnn-fast.json").write_text(json.dumps({**data, "benchmark": "recipe-cnn-fast"}))
