@@ -142,6 +142,19 @@ def build_parser() -> Parser:
         help="torch.compile the model for training (CUDA: mode max-autotune with CUDA graphs); "
         "costs tens of seconds of compilation first, so it pays off only on long runs",
     )
+    train.add_argument(
+        "--sync-bn",
+        action="store_true",
+        default=None,
+        help="under torchrun: batch-norm statistics over the global batch (one all-reduce per batch-norm layer per "
+        "step); default off: each process normalizes with its own shard's statistics",
+    )
+    train.add_argument(
+        "--dist-backend",
+        default="auto",
+        choices=("auto", "gloo", "nccl"),
+        help="under torchrun: the collective backend (default auto: NCCL on CUDA, gloo on the CPU)",
+    )
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint, or an ensemble of several, on the test set")
     evaluate.add_argument(
@@ -213,23 +226,40 @@ def _add_predict_export_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .distributed import PeerFailed, env_rank
     from .trainer import train
 
     overrides = {name: getattr(args, name) for name in _recipe_fields()}
-    train(
-        args.recipe,
-        data_dir=args.data_dir,
-        out=args.out,
-        device=args.device,
-        quiet=args.quiet,
-        show=args.show,
-        tensorboard=args.tensorboard,
-        resume=args.resume,
-        checkpoint_every=args.checkpoint_every,
-        deterministic=args.deterministic,
-        compile_model=args.compile,
-        **overrides,
-    )
+    # Under torchrun rank 0 reports errors and interruptions; another rank stays quiet about what rank 0
+    # reports, and names itself when the error is its own (e.g. its data folder is missing).
+    rank = env_rank()
+    try:
+        train(
+            args.recipe,
+            data_dir=args.data_dir,
+            out=args.out,
+            device=args.device,
+            quiet=args.quiet,
+            show=args.show,
+            tensorboard=args.tensorboard,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            deterministic=args.deterministic,
+            compile_model=args.compile,
+            sync_bn=args.sync_bn,
+            dist_backend=args.dist_backend,
+            **overrides,
+        )
+    except PeerFailed as exc:
+        return exc.exit_code
+    except UserError as exc:
+        if rank:
+            raise UserError(f"rank {rank}: {exc}") from None
+        raise
+    except Interrupted as exc:
+        if rank:
+            return exc.exit_code
+        raise
     return 0
 
 

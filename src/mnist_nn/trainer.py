@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import plots
+from . import distributed, plots
 from .augment import augment_batch
 from .checkpoint import load_train_state, load_weights, save_checkpoint, save_train_state
 from .data import DeviceLoader, load_dataset, normalize, split_indices
@@ -134,6 +134,8 @@ def train(
     checkpoint_every: int | None = None,
     deterministic: bool | None = None,
     compile_model: bool = False,
+    sync_bn: bool | None = None,
+    dist_backend: str = "auto",
     **overrides: Any,
 ) -> RunResult:
     """Train a recipe (by name or a Recipe; default "tutorial") with optional field overrides; write and return the run.
@@ -147,31 +149,101 @@ def train(
     recipe, bitwise-identically to an uninterrupted run on the same device. SIGINT and SIGTERM save
     the state and raise ``Interrupted``; a NaN or infinite loss raises a UserError and keeps the last
     good state. ``deterministic`` makes CUDA kernels repeatable (see ``device.make_deterministic``).
+
+    Under ``torchrun --nproc-per-node N`` (or inside a process group the caller started) the same call
+    trains data-parallel: the recipe's batch size is the global one, each process takes its contiguous
+    shard of every global batch, DDP averages the gradients, evaluation is sharded and its counts summed,
+    and rank 0 alone prints and writes the run directory (see ``distributed``). ``sync_bn`` synchronizes
+    batch-norm statistics across processes; ``dist_backend`` is "auto" (gloo on CPU, NCCL on CUDA),
+    "gloo" or "nccl".
     """
     wall_start = time.perf_counter()
     threads = configure_cpu()
-    saved: dict[str, Any] | None = None
-    if resume is not None:
-        run_dir, saved = _open_resume(resume, recipe, out, overrides)
-        recipe = _saved_recipe(run_dir / STATE_NAME, saved["recipe"])
-        options = saved["options"]
-        checkpoint_every = options.get("checkpoint_every", 0) if checkpoint_every is None else checkpoint_every
-        deterministic = options.get("deterministic", False) if deterministic is None else deterministic
-    else:
-        recipe = resolve_recipe("tutorial" if recipe is None else recipe, **overrides)
-        run_dir = Path(out) if out is not None else default_run_dir()
-        check_output_dir(run_dir)
-    checkpoint_every = checkpoint_every or 0
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
-        raise UserError(f"checkpoint every must be a positive number of steps (or 0: off), got {checkpoint_every}")
-    deterministic = bool(deterministic)
+    context, torch_device = distributed.setup(resolve_device(device), dist_backend)
+    try:
+        return _train(
+            recipe,
+            context=context,
+            torch_device=torch_device,
+            threads=threads,
+            wall_start=wall_start,
+            data_dir=data_dir,
+            out=out,
+            quiet=quiet,
+            progress=progress,
+            show=show,
+            tensorboard=tensorboard,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            deterministic=deterministic,
+            compile_model=compile_model,
+            sync_bn=sync_bn,
+            overrides=overrides,
+        )
+    finally:
+        context.close()
+
+
+def _train(
+    recipe: str | Recipe | None,
+    *,
+    context: distributed.Context,
+    torch_device: torch.device,
+    threads: int,
+    wall_start: float,
+    data_dir: str | os.PathLike | None,
+    out: str | os.PathLike | None,
+    quiet: bool,
+    progress: bool | None,
+    show: bool,
+    tensorboard: bool,
+    resume: str | os.PathLike | None,
+    checkpoint_every: int | None,
+    deterministic: bool | None,
+    compile_model: bool,
+    sync_bn: bool | None,
+    overrides: dict[str, Any],
+) -> RunResult:
+    """``train`` once the process group (if any) is up; ``context`` says which rank this is."""
+    main = context.is_main()
+
+    def open_run() -> tuple[Path, dict[str, Any] | None, Recipe, int, bool, bool]:
+        """The run directory, its saved state and the resolved options: decided by rank 0 alone (the
+        default folder name holds a timestamp) and broadcast, so every rank trains the same run."""
+        saved: dict[str, Any] | None = None
+        every, exact, synced = checkpoint_every, deterministic, sync_bn
+        if resume is not None:
+            run_dir, saved = _open_resume(resume, recipe, out, overrides)
+            resolved = _saved_recipe(run_dir / STATE_NAME, saved["recipe"])
+            options = saved["options"]
+            every = options.get("checkpoint_every", 0) if every is None else every
+            exact = options.get("deterministic", False) if exact is None else exact
+            if synced is not None and synced != options.get("sync_bn", False):
+                raise UserError(
+                    f"--resume continues {run_dir} with its saved options; --sync-bn would change it "
+                    "(drop it, or start a new run with --out)"
+                )
+            synced = options.get("sync_bn", False)
+        else:
+            resolved = resolve_recipe("tutorial" if recipe is None else recipe, **overrides)
+            run_dir = Path(out) if out is not None else default_run_dir()
+            check_output_dir(run_dir)
+        every = every or 0
+        if not isinstance(every, int) or every < 0:
+            raise UserError(f"checkpoint every must be a positive number of steps (or 0: off), got {every}")
+        distributed.check_batch_size(resolved.batch_size, context.world_size)
+        get_model_spec(resolved.model)
+        if tensorboard:
+            _summary_writer_class()
+        return run_dir, saved, resolved, every, bool(exact), bool(synced)
+
+    run_dir, saved, recipe, checkpoint_every, deterministic, sync_bn = context.run_on_main(open_run)
     state_path = run_dir / STATE_NAME
     model_spec = get_model_spec(recipe.model)
-    torch_device = resolve_device(device)
     prepare_backend(torch_device)
     if deterministic:
         make_deterministic()
-    board_class = _summary_writer_class() if tensorboard else None
+    board_class = _summary_writer_class() if tensorboard and main else None
 
     if saved is not None and data_dir is None and Path(saved["config"]["data"]["folder"]).is_dir():
         data_dir = saved["config"]["data"]["folder"]
@@ -200,21 +272,40 @@ def train(
     torch.manual_seed(recipe.seed)
     model_kwargs = dict(model_spec.defaults, **recipe.model_kwargs)
     model = build_model(recipe.model, **model_kwargs).to(torch_device)
-    _check_disk_space(run_dir, model, recipe, bool(recipe.ema_decay))
-    ensure_writable_dir(run_dir)
+
+    def prepare_run_dir() -> None:
+        _check_disk_space(run_dir, model, recipe, bool(recipe.ema_decay))
+        ensure_writable_dir(run_dir)
+        # The last global batch is split across the processes: each needs at least one image of it.
+        tail = len(train_y) % recipe.batch_size
+        if 0 < tail < context.world_size:
+            raise UserError(
+                f"the last batch of each epoch holds {tail} image(s), fewer than the {context.world_size} processes "
+                "that share it; choose another --batch-size"
+            )
+
+    context.run_on_main(prepare_run_dir)
+    if sync_bn and context.enabled:
+        model = distributed.convert_sync_batchnorm(model, torch_device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     parameters = count_parameters(model)
     optimizer = make_optimizer(recipe, model, torch_device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    # Under DDP each rank sums its shard's losses and scales by world size / global batch: DDP's gradient
+    # average is then the gradient of the mean over the whole global batch, as with one process.
+    shard_loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing, reduction="sum")
     loader = DeviceLoader(train_x, train_y, recipe.batch_size, shuffle=recipe.shuffle, seed=recipe.seed)
     augmentation = recipe.augmentation()
-    augment_generator = torch.Generator(device=torch_device).manual_seed(recipe.seed)
+    # Rank 0 draws the single-process streams; the other ranks get streams of their own, so that their
+    # shards see independent dropout masks and distortions (derived from the seed, hence repeatable).
+    rank_seed = distributed.rank_seed(recipe.seed, context.rank)
+    augment_generator = torch.Generator(device=torch_device).manual_seed(rank_seed)
+    if context.rank:
+        torch.manual_seed(rank_seed)
     ema = ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None
     # What is evaluated and saved: the EMA of the weights when enabled, else the weights.
     eval_model = ema.module if ema is not None else model
-    # The compiled module shares the model's parameters: optimizer, EMA and checkpoints see one set.
-    train_model = _compile(model, torch_device) if compile_model else model
     precision = _autocast(recipe.precision, torch_device)
 
     config = {
@@ -238,6 +329,14 @@ def train(
         "checkpoint_every": checkpoint_every,
         "deterministic": deterministic,
     }
+    if context.enabled:
+        config["distributed"] = {
+            "world_size": context.world_size,
+            "backend": context.backend,
+            "sync_bn": sync_bn,
+            "global_batch_size": recipe.batch_size,
+            "per_process_batch_size": recipe.batch_size // context.world_size,
+        }
     checkpoint_args = {
         "model_name": recipe.model,
         "model_kwargs": model_kwargs,
@@ -275,8 +374,19 @@ def train(
             optimizer.load_state_dict(saved["optimizer"])
             if ema is not None:
                 ema.load_state_dict(saved["ema"])
-            _restore_rng_states(saved["rng"], augment_generator)
-            loss_sum = saved["loss_sum"].to(torch_device)
+            # A data-parallel state holds every rank's random streams and running loss; a rank the state
+            # does not know (resumed on more processes) starts fresh streams from (seed, rank, step).
+            ranks = saved.get("ranks")
+            if context.enabled and ranks is not None and context.rank < len(ranks):
+                _restore_rng_states(ranks[context.rank]["rng"], augment_generator)
+                loss_sum = ranks[context.rank]["loss_sum"].to(torch_device)
+            elif context.rank == 0:
+                _restore_rng_states(saved["rng"], augment_generator)
+                loss_sum = saved["loss_sum"].to(torch_device)
+            else:
+                fresh = distributed.rank_seed(recipe.seed + step, context.rank)
+                torch.manual_seed(fresh)
+                augment_generator.manual_seed(fresh)
             history = [dict(row) for row in saved["history"]]
             best = dict(saved["best"])
             train_seconds, epoch_seconds = float(saved["train_seconds"]), float(saved["epoch_seconds"])
@@ -284,9 +394,49 @@ def train(
                 raise ValueError(f"position epoch {first_epoch}, batch {first_batch} is outside the run")
     board = None
     last_saved = {"epoch": first_epoch, "batch": first_batch}
+    # Wrapped once the weights are final (loaded from a state): DDP starts by broadcasting rank 0's.
+    train_model: nn.Module = model
+    if context.enabled:
+        from torch.nn.parallel import DistributedDataParallel
 
-    def save_state(epoch: int, batch: int, *, done: bool = False) -> None:
-        """Everything the loop needs to continue from (epoch, batch done), written atomically."""
+        device_ids = [torch_device] if torch_device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=device_ids)
+    # The compiled module shares the model's parameters: optimizer, EMA and checkpoints see one set.
+    if compile_model:
+        train_model = _compile(train_model, torch_device)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    # Rank 0's open metrics.jsonl while the loop runs (None on the other ranks).
+    metrics_file: list[Any] = [None]
+
+    def save_state(epoch: int, batch: int, *, done: bool = False, row: dict[str, Any] | None = None) -> None:
+        """Everything the loop needs to continue from (epoch, batch done), written atomically by rank 0,
+        after the epoch's metrics ``row`` when one is given.
+
+        Under DDP, model, optimizer and EMA are the same on every rank; each rank's random streams and
+        running loss are gathered, so that every rank resumes exactly where it stopped.
+        """
+        ranks = None
+        total_loss = loss_sum.detach().clone()
+        if context.enabled:
+            ranks = context.gather_objects(
+                {"rng": _rng_states(augment_generator), "loss_sum": loss_sum.detach().cpu().clone()}
+            )
+            context.all_reduce_sum(total_loss)
+        context.run_on_main(lambda: write_state(epoch, batch, done, row, ranks, total_loss))
+        last_saved.update(epoch=epoch, batch=batch)
+
+    def write_state(
+        epoch: int,
+        batch: int,
+        done: bool,
+        row: dict[str, Any] | None,
+        ranks: list[Any] | None,
+        total_loss: torch.Tensor,
+    ) -> None:
+        if row is not None:
+            metrics_file[0].write(json.dumps(row) + "\n")
+            metrics_file[0].flush()
         state = {
             "checkpoint": {
                 "model": {"name": recipe.model, "kwargs": model_kwargs},
@@ -297,20 +447,21 @@ def train(
             },
             "recipe": recipe.to_dict(),
             "config": config,
-            "options": {"checkpoint_every": checkpoint_every, "deterministic": deterministic},
+            "options": {"checkpoint_every": checkpoint_every, "deterministic": deterministic, "sync_bn": sync_bn},
             "position": {"epoch": epoch, "batch": batch, "step": step, "finished": done},
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
             "rng": _rng_states(augment_generator),
-            "loss_sum": loss_sum.detach().clone(),
+            # The epoch's running loss over all ranks (what a resume on one process continues from).
+            "loss_sum": total_loss,
+            "ranks": ranks,
             "history": history,
             "best": best,
             "train_seconds": train_seconds,
             "epoch_seconds": epoch_seconds,
         }
         save_train_state(state_path, state)
-        last_saved.update(epoch=epoch, batch=batch)
 
     def diverged(epoch: int, first: int, last: int) -> UserError:
         lr = optimizer.param_groups[0]["lr"]
@@ -328,35 +479,57 @@ def train(
             128 + signum,
         )
 
-    show_bar = (sys.stderr.isatty() if progress is None else progress) and not quiet
-    say = _printer(quiet)
+    def running_loss() -> float:
+        """The epoch's loss sum so far, over all ranks: read where the loop reads it anyway (log lines,
+        saves, the epoch's end), so DDP adds no per-step host sync; every rank sees the same value and
+        so stops on a divergence at the same batch."""
+        if not context.enabled:
+            return loss_sum.item()
+        return context.all_reduce_sum(loss_sum.detach().clone()).item()
+
+    # Only rank 0 prints: every rank runs the same loop, so its lines would repeat.
+    show_bar = (sys.stderr.isatty() if progress is None else progress) and not quiet and main
+    say = _printer(quiet or not main)
     stop = _StopRequest(state_path, run_dir)
+
+    def write_start() -> None:
+        if saved is None:
+            write_json(run_dir / "config.json", config)
+        else:
+            _remove_stale_temp_files(run_dir)
+            if not (run_dir / "config.json").exists():
+                write_json(run_dir / "config.json", config)
+        # The state decides which epochs are done: rows written after it (a kill between the
+        # metrics line and the state) are dropped here and recorded again.
+        text = "".join(json.dumps(row) + "\n" for row in history)
+        atomic_write(metrics_path, lambda handle: handle.write(text.encode()))
+
     with _write_errors(run_dir, state_path):
-        metrics_path = run_dir / "metrics.jsonl"
         if saved is None:
             save_state(1, 0)
-            write_json(run_dir / "config.json", config)
+        context.run_on_main(write_start)
+        if saved is None:
             say(
                 f"training {recipe.name}: {recipe.model} ({parameters:,} parameters) on {spec.name} "
                 f"({len(train_y):,} train / {len(eval_y):,} {eval_split}) for {recipe.epochs} epochs on {torch_device}"
             )
         else:
-            _remove_stale_temp_files(run_dir)
-            if not (run_dir / "config.json").exists():
-                write_json(run_dir / "config.json", config)
             say(
                 f"resuming {run_dir}: {recipe.name}, epoch {min(first_epoch, recipe.epochs)}/{recipe.epochs}, "
                 f"batch {first_batch}/{batches} on {torch_device}"
             )
-        # The state decides which epochs are done: rows written after it (a kill between the
-        # metrics line and the state) are dropped here and recorded again.
-        text = "".join(json.dumps(row) + "\n" for row in history)
-        atomic_write(metrics_path, lambda handle: handle.write(text.encode()))
+        if context.enabled:
+            say(
+                f"data-parallel on {context.world_size} processes ({context.backend}): global batch "
+                f"{recipe.batch_size}, {recipe.batch_size // context.world_size} per process"
+                + (", synchronized batch norm" if sync_bn else "")
+            )
         if board_class is not None:
             board = board_class(str(run_dir / "tensorboard"), purge_step=len(history) + 1 if history else None)
 
         epochs_left = range(first_epoch, recipe.epochs + 1) if not finished else range(0)
-        with _stop_on_signals(stop), open(metrics_path, "a", encoding="utf-8") as metrics_file:
+        metrics_handle = open(metrics_path, "a", encoding="utf-8") if main else contextlib.nullcontext()  # noqa: SIM115
+        with _stop_on_signals(stop), metrics_handle as metrics_file[0]:
             for epoch in epochs_left:
                 model.train()
                 resumed_batch = first_batch if epoch == first_epoch else 0
@@ -383,10 +556,19 @@ def train(
                             group["lr"] = recipe.lr * factor
                     if augmentation.enabled:
                         inputs = augment_batch(inputs, augmentation, augment_generator)
+                    if context.enabled:
+                        # This rank's contiguous shard of the global batch (the same permutation on every rank).
+                        size = len(targets)
+                        low, high = distributed.shard_bounds(size, context.rank, context.world_size)
+                        inputs, targets = inputs[low:high], targets[low:high]
                     if recipe.channels_last:
                         inputs = inputs.contiguous(memory_format=torch.channels_last)
                     with precision():
-                        loss = loss_fn(train_model(inputs), targets)
+                        if context.enabled:
+                            shard_loss = shard_loss_fn(train_model(inputs), targets) / size
+                            loss = shard_loss * context.world_size
+                        else:
+                            loss = loss_fn(train_model(inputs), targets)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if recipe.grad_clip:
@@ -398,34 +580,46 @@ def train(
                     # Summed on the device: reading a loss back (.item()) would stall every step. A NaN or
                     # inf anywhere poisons the sum, so reading it where the loss is printed anyway (and at
                     # every save) catches a divergence at no extra cost.
-                    loss_sum += loss.detach()
+                    # Under DDP this rank's share of the global batch's mean loss: the ranks' sums add up.
+                    loss_sum += shard_loss.detach() if context.enabled else loss.detach()
                     if batch % recipe.log_every == 0:
-                        if not math.isfinite(loss_sum.item()):
+                        if not math.isfinite(running_loss()):
                             raise diverged(epoch, checked + 1, batch)
                         checked = batch
                         if not quiet:
-                            log(f"  loss: {loss.item():>8f}  [batch {batch:>5}/{batches}]")
+                            batch_loss = (
+                                context.all_reduce_sum(shard_loss.detach().clone()).item()
+                                if context.enabled
+                                else loss.item()
+                            )
+                            log(f"  loss: {batch_loss:>8f}  [batch {batch:>5}/{batches}]")
                     bar.update()
                     due = checkpoint_every and step % checkpoint_every == 0 and batch < batches
-                    if due or stop.signum is not None:
-                        if not math.isfinite(loss_sum.item()):
+                    # Under DDP the ranks agree on a signal (one step late) so that all stop after the same step.
+                    signum = context.agree_stop(stop.signum)
+                    if due or signum is not None:
+                        if not math.isfinite(running_loss()):
                             raise diverged(epoch, checked + 1, batch)
                         checked = batch
                         epoch_seconds = seconds_before + time.perf_counter() - epoch_start
                         save_state(epoch, batch)
-                        if stop.signum is not None:
+                        if signum is not None:
                             bar.close()
                             raise interrupted(
-                                stop.signum, f"in epoch {epoch}/{recipe.epochs}, after batch {batch}/{batches}"
+                                signum, f"in epoch {epoch}/{recipe.epochs}, after batch {batch}/{batches}"
                             )
-                train_total = loss_sum.item()
+                train_total = running_loss()
                 bar.close()
                 if not math.isfinite(train_total):
                     raise diverged(epoch, checked + 1, batches)
                 train_loss = train_total / batches
                 seconds = seconds_before + time.perf_counter() - epoch_start
                 train_seconds += seconds
-                result = evaluate(eval_model, eval_x, eval_y, recipe.eval_batch_size)
+                if context.enabled:
+                    distributed.broadcast_buffers(context, eval_model)
+                    result = distributed.evaluate_sharded(context, eval_model, eval_x, eval_y, recipe.eval_batch_size)
+                else:
+                    result = evaluate(eval_model, eval_x, eval_y, recipe.eval_batch_size)
                 row = {
                     "epoch": epoch,
                     "train_loss": train_loss,
@@ -437,8 +631,6 @@ def train(
                     "train_seconds": train_seconds,
                 }
                 history.append(row)
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
                 if board is not None:
                     for key in ("train_loss", "eval_loss", "eval_accuracy", "lr"):
                         board.add_scalar(key, row[key], epoch)
@@ -450,21 +642,31 @@ def train(
                     best = {"accuracy": result.accuracy, "epoch": epoch, "state": _copy_state(eval_model)}
                 early_stop = bool(recipe.patience and recipe.val_size and epoch - best["epoch"] >= recipe.patience)
                 epoch_seconds = 0.0
-                save_state(epoch + 1, 0, done=early_stop or epoch == recipe.epochs)
+                save_state(epoch + 1, 0, done=early_stop or epoch == recipe.epochs, row=row)
                 if early_stop:
                     say(f"early stop: no better validation accuracy for {recipe.patience} epochs")
                     break
-                if stop.signum is not None:
-                    raise interrupted(stop.signum, f"after epoch {epoch}/{recipe.epochs}")
+                signum = context.settle_stop(stop.signum)
+                if signum is not None:
+                    raise interrupted(signum, f"after epoch {epoch}/{recipe.epochs}")
 
         last_epoch = history[-1]["epoch"]
         if best["state"] is not None and best["epoch"] != last_epoch:
-            save_checkpoint(
-                run_dir / LAST_CHECKPOINT_NAME, eval_model, **checkpoint_args, metrics={"epoch": last_epoch}
+            context.run_on_main(
+                lambda: save_checkpoint(
+                    run_dir / LAST_CHECKPOINT_NAME, eval_model, **checkpoint_args, metrics={"epoch": last_epoch}
+                )
             )
             eval_model.load_state_dict(best["state"])
         selected_epoch = best["epoch"] or last_epoch
-        test = evaluate(eval_model, test_x, test_y, recipe.eval_batch_size)
+        if context.enabled:
+            distributed.broadcast_buffers(context, eval_model)
+            # Rank 0 gathers every slice's logits: the predictions figure needs them.
+            test = distributed.evaluate_sharded(
+                context, eval_model, test_x, test_y, recipe.eval_batch_size, gather=True
+            )
+        else:
+            test = evaluate(eval_model, test_x, test_y, recipe.eval_batch_size)
         summary = {
             "recipe": recipe.name,
             "model": recipe.model,
@@ -482,31 +684,39 @@ def train(
             "train_seconds": train_seconds,
             "checkpoint": CHECKPOINT_NAME,
         }
-        save_checkpoint(
-            run_dir / CHECKPOINT_NAME,
-            eval_model,
-            **checkpoint_args,
-            metrics={
-                "test_accuracy": test.accuracy,
-                "test_loss": test.loss,
-                "parameters": parameters,
-                "epoch": selected_epoch,
-            },
-        )
-        figures = _write_plots(run_dir, history, eval_split, splits.test_images, test, spec.classes, recipe.seed)
-        if board is not None:
-            board.add_scalar("test_accuracy", test.accuracy, last_epoch)
-            board.add_image("predictions", _png_as_chw(figures[-1]), last_epoch)
-            board.close()
-        summary["wall_seconds"] = time.perf_counter() - wall_start
-        write_json(run_dir / "summary.json", summary)
+        if context.enabled:
+            summary["processes"] = context.world_size
+
+        def write_results() -> list[Path]:
+            save_checkpoint(
+                run_dir / CHECKPOINT_NAME,
+                eval_model,
+                **checkpoint_args,
+                metrics={
+                    "test_accuracy": test.accuracy,
+                    "test_loss": test.loss,
+                    "parameters": parameters,
+                    "epoch": selected_epoch,
+                },
+            )
+            figures = _write_plots(run_dir, history, eval_split, splits.test_images, test, spec.classes, recipe.seed)
+            if board is not None:
+                board.add_scalar("test_accuracy", test.accuracy, last_epoch)
+                board.add_image("predictions", _png_as_chw(figures[-1]), last_epoch)
+                board.close()
+            summary["wall_seconds"] = time.perf_counter() - wall_start
+            write_json(run_dir / "summary.json", summary)
+            return figures
+
+        figures = context.run_on_main(write_results)
     chosen = f" (epoch {selected_epoch}, best on validation)" if recipe.val_size else ""
-    print(
-        f"test accuracy {100 * test.accuracy:.2f}%{chosen}  test loss {test.loss:.4f}  "
-        f"training {train_seconds:.1f}s  run directory {run_dir}",
-        flush=True,
-    )
-    if show:
+    if main:
+        print(
+            f"test accuracy {100 * test.accuracy:.2f}%{chosen}  test loss {test.loss:.4f}  "
+            f"training {train_seconds:.1f}s  run directory {run_dir}",
+            flush=True,
+        )
+    if show and main:
         _show(figures)
     return RunResult(run_dir=run_dir, summary=summary, history=history, model=eval_model)
 
