@@ -134,7 +134,40 @@ def inference_table(results: Path, chinese: bool) -> str:
     ).replace("测量环境：", "测量环境：" + threads)
 
 
-TABLES = {"recipe-results": recipe_table, "speed-results": speed_table, "inference-results": inference_table}
+def ddp_table(results: Path, chinese: bool) -> str:
+    header = (
+        "| 进程 × 线程 | 训练时间（中位数） | 总耗时 | 测试准确率 |"
+        if chinese
+        else "| processes × threads | training (median) | wall | test accuracy |"
+    )
+    lines = [header, "| --- | ---: | ---: | ---: |"]
+    path = results / "ddp.json"
+    if not path.exists():
+        return "\n".join(lines)
+    data = json.loads(path.read_text())
+    for side, values in data["sides"].items():
+        lines.append(
+            f"| {side.replace('x', ' × ')} | {values['train_seconds']['median']:.1f} s | "
+            f"{values['wall_seconds']['median']:.1f} s | {_pct(values['test_accuracy']['median'])} |"
+        )
+    best = data["best_single_process"].replace("x", " × ")
+    speedup = data["speedup_train_seconds"]
+    note = (
+        f"\n\n`{data['recipe']}`，{data['epochs']} 轮；与最快的单进程（{best}）相比，"
+        f"2 个进程的训练速度是它的 {speedup:.2f} 倍。"
+        if chinese
+        else f"\n\n`{data['recipe']}`, {data['epochs']} epoch(s); 2 processes train at {speedup:.2f} times the speed "
+        f"of the fastest single process ({best})."
+    )
+    return "\n".join(lines) + note + _machine_note(results, ["ddp.json"], chinese)
+
+
+TABLES = {
+    "recipe-results": recipe_table,
+    "speed-results": speed_table,
+    "inference-results": inference_table,
+    "ddp-results": ddp_table,
+}
 
 
 def render(text: str, results: Path, chinese: bool) -> str:
