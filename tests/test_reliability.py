@@ -377,9 +377,9 @@ def test_resume_refuses_other_models_datasets_versions_and_conflicting_flags(fin
 def test_disk_space_is_checked_before_training(toy, tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from mnist_nn import trainer
+    from mnist_nn import resume
 
-    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=10**6))
+    monkeypatch.setattr(resume.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=10**6))
     out = tmp_path / "run"
     err = _one_line_error(capsys, _new_run(toy, out, 1))
     assert "not enough free disk space in" in err and "MB free" in err
@@ -387,9 +387,9 @@ def test_disk_space_is_checked_before_training(toy, tmp_path, monkeypatch, capsy
 
 
 def test_a_second_signal_stops_at_once():
-    from mnist_nn.trainer import _StopRequest
+    from mnist_nn.resume import StopRequest
 
-    stop = _StopRequest(Path("run/state.pt"), Path("run"))
+    stop = StopRequest(Path("run/state.pt"), Path("run"))
     stop(signal.SIGTERM, None)
     assert stop.signum == signal.SIGTERM
     with pytest.raises(Interrupted) as raised:

@@ -9,32 +9,27 @@ and stops on a diverging loss.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
 import platform
-import random
 import shlex
-import shutil
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from . import distributed, plots
 from .augment import augment_batch
-from .checkpoint import load_train_state, load_weights, save_checkpoint, save_train_state
+from .checkpoint import load_weights, save_checkpoint, save_train_state
 from .data import DeviceLoader, load_dataset, normalize, split_indices
 from .device import configure_cpu, make_deterministic, prepare_backend, resolve_device
 from .ema import ModelEMA
@@ -43,13 +38,24 @@ from .evaluate import evaluate
 from .fsutil import atomic_write, ensure_writable_dir, write_json
 from .models import build_model, count_parameters, get_model_spec
 from .recipes import Recipe, get_recipe
+from .resume import (
+    STATE_NAME,
+    StopRequest,
+    check_disk_space,
+    damaged_state,
+    open_resume,
+    remove_stale_temp_files,
+    restore_rng_states,
+    rng_states,
+    saved_recipe,
+    stop_on_signals,
+    write_errors,
+)
 from .schedules import lr_factor
 from .version import __version__
 
 CHECKPOINT_NAME = "model.pt"
 LAST_CHECKPOINT_NAME = "last.pt"
-# The resumable training state: rewritten atomically every epoch (and every --checkpoint-every steps).
-STATE_NAME = "state.pt"
 
 
 @dataclass
@@ -213,8 +219,8 @@ def _train(
         saved: dict[str, Any] | None = None
         every, exact, synced = checkpoint_every, deterministic, sync_bn
         if resume is not None:
-            run_dir, saved = _open_resume(resume, recipe, out, overrides)
-            resolved = _saved_recipe(run_dir / STATE_NAME, saved["recipe"])
+            run_dir, saved = open_resume(resume, recipe, out, overrides)
+            resolved = saved_recipe(run_dir / STATE_NAME, saved["recipe"])
             options = saved["options"]
             every = options.get("checkpoint_every", 0) if every is None else every
             exact = options.get("deterministic", False) if exact is None else exact
@@ -274,7 +280,7 @@ def _train(
     model = build_model(recipe.model, **model_kwargs).to(torch_device)
 
     def prepare_run_dir() -> None:
-        _check_disk_space(run_dir, model, recipe, bool(recipe.ema_decay))
+        check_disk_space(run_dir, model, recipe, bool(recipe.ema_decay))
         ensure_writable_dir(run_dir)
         # The last global batch is split across the processes: each needs at least one image of it.
         tail = len(train_y) % recipe.batch_size
@@ -369,7 +375,7 @@ def _train(
         )
         if finished and (run_dir / "summary.json").exists():
             raise UserError(f"run {run_dir} has already finished (see its summary.json); nothing to resume")
-        with _damaged_state(state_path):
+        with damaged_state(state_path):
             load_weights(model, saved["model"], state_path, recipe.model)
             optimizer.load_state_dict(saved["optimizer"])
             if ema is not None:
@@ -378,10 +384,10 @@ def _train(
             # does not know (resumed on more processes) starts fresh streams from (seed, rank, step).
             ranks = saved.get("ranks")
             if context.enabled and ranks is not None and context.rank < len(ranks):
-                _restore_rng_states(ranks[context.rank]["rng"], augment_generator)
+                restore_rng_states(ranks[context.rank]["rng"], augment_generator)
                 loss_sum = ranks[context.rank]["loss_sum"].to(torch_device)
             elif context.rank == 0:
-                _restore_rng_states(saved["rng"], augment_generator)
+                restore_rng_states(saved["rng"], augment_generator)
                 loss_sum = saved["loss_sum"].to(torch_device)
             else:
                 fresh = distributed.rank_seed(recipe.seed + step, context.rank)
@@ -420,7 +426,7 @@ def _train(
         total_loss = loss_sum.detach().clone()
         if context.enabled:
             ranks = context.gather_objects(
-                {"rng": _rng_states(augment_generator), "loss_sum": loss_sum.detach().cpu().clone()}
+                {"rng": rng_states(augment_generator), "loss_sum": loss_sum.detach().cpu().clone()}
             )
             context.all_reduce_sum(total_loss)
         context.run_on_main(lambda: write_state(epoch, batch, done, row, ranks, total_loss))
@@ -452,7 +458,7 @@ def _train(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
-            "rng": _rng_states(augment_generator),
+            "rng": rng_states(augment_generator),
             # The epoch's running loss over all ranks (what a resume on one process continues from).
             "loss_sum": total_loss,
             "ranks": ranks,
@@ -490,13 +496,13 @@ def _train(
     # Only rank 0 prints: every rank runs the same loop, so its lines would repeat.
     show_bar = (sys.stderr.isatty() if progress is None else progress) and not quiet and main
     say = _printer(quiet or not main)
-    stop = _StopRequest(state_path, run_dir)
+    stop = StopRequest(state_path, run_dir)
 
     def write_start() -> None:
         if saved is None:
             write_json(run_dir / "config.json", config)
         else:
-            _remove_stale_temp_files(run_dir)
+            remove_stale_temp_files(run_dir)
             if not (run_dir / "config.json").exists():
                 write_json(run_dir / "config.json", config)
         # The state decides which epochs are done: rows written after it (a kill between the
@@ -504,7 +510,7 @@ def _train(
         text = "".join(json.dumps(row) + "\n" for row in history)
         atomic_write(metrics_path, lambda handle: handle.write(text.encode()))
 
-    with _write_errors(run_dir, state_path):
+    with write_errors(run_dir, state_path):
         if saved is None:
             save_state(1, 0)
         context.run_on_main(write_start)
@@ -529,7 +535,7 @@ def _train(
 
         epochs_left = range(first_epoch, recipe.epochs + 1) if not finished else range(0)
         metrics_handle = open(metrics_path, "a", encoding="utf-8") if main else contextlib.nullcontext()  # noqa: SIM115
-        with _stop_on_signals(stop), metrics_handle as metrics_file[0]:
+        with stop_on_signals(stop), metrics_handle as metrics_file[0]:
             for epoch in epochs_left:
                 model.train()
                 resumed_batch = first_batch if epoch == first_epoch else 0
@@ -785,170 +791,3 @@ def _show(figures: list[Path]) -> None:
         plots.show_saved(figures)
     except Exception as exc:  # no display or no GUI toolkit: the PNGs are written regardless
         print(f"mnist-nn: warning: cannot open a window ({exc}); the plots are in the run directory", file=sys.stderr)
-
-
-def _open_resume(
-    resume: str | os.PathLike, recipe: str | Recipe | None, out: str | os.PathLike | None, overrides: dict[str, Any]
-) -> tuple[Path, dict[str, Any]]:
-    """The run directory and its loaded state; a flag that would change the run is refused, not silently ignored."""
-    path = Path(resume)
-    run_dir = path.parent if path.is_file() else path
-    if not run_dir.is_dir():
-        raise UserError(f"cannot resume {path}: no such run directory")
-    state_path = run_dir / STATE_NAME
-    if not state_path.exists():
-        raise UserError(
-            f"cannot resume {run_dir}: it holds no {STATE_NAME} (not a run directory, or stopped before its first "
-            "checkpoint)"
-        )
-    saved = load_train_state(state_path)
-    conflicts = []
-    if out is not None and Path(out).resolve() != run_dir.resolve():
-        conflicts.append(f"--out {out} (the run stays in {run_dir})")
-    saved_recipe = saved["recipe"] if isinstance(saved["recipe"], dict) else {}
-    if recipe is not None:
-        name = recipe if isinstance(recipe, str) else recipe.name
-        if name != saved_recipe.get("name") or (isinstance(recipe, Recipe) and recipe.to_dict() != saved_recipe):
-            conflicts.append(f"--recipe {name} (the run's recipe is {saved_recipe.get('name')})")
-    for key, value in overrides.items():
-        if value is not None and saved_recipe.get(key, value) != value:
-            conflicts.append(f"--{key.replace('_', '-')} {value} (the run's is {saved_recipe[key]})")
-    if conflicts:
-        raise UserError(
-            f"--resume continues {run_dir} with its saved recipe; these would change it: {'; '.join(conflicts)} "
-            "(drop them, or start a new run with --out)"
-        )
-    return run_dir, saved
-
-
-def _saved_recipe(state_path: Path, fields: Any) -> Recipe:
-    try:
-        recipe = Recipe(**fields)
-    except TypeError as exc:  # a field this version does not know, or lacks one it needs
-        raise UserError(f"{state_path}: written by an incompatible mnist-nn version ({exc})") from None
-    recipe.validate()
-    return recipe
-
-
-@contextlib.contextmanager
-def _damaged_state(state_path: Path) -> Iterator[None]:
-    """Map a state whose parts do not fit together (edited, or from another build) to one line."""
-    try:
-        yield
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{state_path}: damaged or incompatible training state ({first[:200]})") from None
-
-
-def _rng_states(augment_generator: torch.Generator) -> dict[str, Any]:
-    """Every random stream as tensors and plain data (what ``weights_only`` loading accepts)."""
-    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return {
-        "torch": torch.get_rng_state(),
-        "augment": augment_generator.get_state(),
-        "cuda": cuda,
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-    }
-
-
-def _restore_rng_states(states: dict[str, Any], augment_generator: torch.Generator) -> None:
-    torch.set_rng_state(states["torch"])
-    augment_generator.set_state(states["augment"])
-    if states.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    numpy_state = states["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    python_state = states["python"]
-    random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss_next"]))
-
-
-class _StopRequest:
-    """A signal handler: the first SIGINT/SIGTERM asks the loop to stop after its step; a second stops at once."""
-
-    def __init__(self, state_path: Path, run_dir: Path) -> None:
-        self.signum: int | None = None
-        self.state_path = state_path
-        self.run_dir = run_dir
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-            return
-        # Raised wherever the loop is; a state write it cuts short leaves the previous file (atomic_write).
-        raise Interrupted(
-            f"interrupted again by {signal.Signals(signum).name}: stopped at once; the last good state in "
-            f"{self.state_path} is intact; resume with: mnist-nn train --resume {shlex.quote(str(self.run_dir))}",
-            128 + signum,
-        )
-
-
-@contextlib.contextmanager
-def _stop_on_signals(handler: _StopRequest) -> Iterator[None]:
-    """Install ``handler`` for SIGINT and SIGTERM while training, and put the previous handlers back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; elsewhere Ctrl-C keeps its usual meaning
-        return
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    for signum in previous:
-        signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old if old is not None else signal.SIG_DFL)
-
-
-@contextlib.contextmanager
-def _write_errors(run_dir: Path, state_path: Path) -> Iterator[None]:
-    """A failed write in the run directory (full disk, lost permission) as one line that says what to do."""
-    try:
-        yield
-    except OSError as exc:
-        target = exc.filename or run_dir
-        reason = exc.strerror or type(exc).__name__
-        advice = ""
-        if exc.errno == errno.ENOSPC:
-            advice = "; free some disk space"
-        if state_path.exists():
-            advice += f"; the last good state is intact: mnist-nn train --resume {shlex.quote(str(run_dir))}"
-        raise UserError(f"cannot write {target}: {reason}{advice}") from None
-
-
-def _check_disk_space(run_dir: Path, model: nn.Module, recipe: Recipe, has_ema: bool) -> None:
-    """Refuse to start when the checkpoints of this run cannot fit, rather than fail hours in."""
-    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    # state.pt: the weights, the optimizer's moments, the EMA and the best epoch's weights; during a
-    # save the old and new state exist together; then model.pt, last.pt and some MB of plots and logs.
-    moments = 1 if recipe.optimizer == "sgd" else 2
-    state = weights * (1 + moments + int(has_ema) + int(bool(recipe.val_size)))
-    needed = 2 * state + 2 * weights + 16 * 2**20
-    existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.is_dir())
-    free = shutil.disk_usage(existing).free
-    if free < needed:
-        raise UserError(
-            f"not enough free disk space in {run_dir}: this run's checkpoints need about "
-            f"{needed / 2**20:.0f} MB, {free / 2**20:.0f} MB free"
-        )
-
-
-def _remove_stale_temp_files(run_dir: Path) -> None:
-    """Temp files of writes a kill cut short (atomic_write names them .NAME.XXXX.tmp): never read, only litter."""
-    for path in run_dir.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            path.unlink()
