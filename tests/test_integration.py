@@ -29,6 +29,7 @@ def test_one_tutorial_epoch_reaches_90_percent_and_evaluate_agrees(mnist_dir, tm
     assert main(["evaluate", str(out / "model.pt"), "--data-dir", str(mnist_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["test_accuracy"] == summary["test_accuracy"]
+    assert report["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-4)
     assert report["test_size"] == 10000
 
 

@@ -13,7 +13,12 @@ import torch
 
 from mnist_nn.augment import Augmentation, augment_batch
 from mnist_nn.cli import main
-from mnist_nn.evaluate import evaluation_from_probabilities, predict_probabilities, shifted_views
+from mnist_nn.evaluate import (
+    average_log_probabilities,
+    evaluation_from_log_probabilities,
+    predict_log_probabilities,
+    shifted_views,
+)
 from mnist_nn.models import MODELS, build_model, count_parameters
 from mnist_nn.recipes import RECIPES
 from mnist_nn.schedules import lr_factor
@@ -117,16 +122,20 @@ def test_shifted_views_and_ensemble_averaging():
     labels = torch.tensor([0, 1, 1])
     a = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
     b = torch.tensor([[0.7, 0.3], [0.2, 0.8], [0.4, 0.6]])
-    mean = torch.stack([a, b]).mean(0)
-    result = evaluation_from_probabilities(mean, labels)
-    assert evaluation_from_probabilities(a, labels).accuracy == pytest.approx(2 / 3)
+    mean = average_log_probabilities([a.log(), b.log()])
+    assert torch.allclose(mean.exp(), (a + b) / 2)
+    result = evaluation_from_log_probabilities(mean, labels)
+    assert evaluation_from_log_probabilities(a.log(), labels).accuracy == pytest.approx(2 / 3)
     assert result.accuracy == 1.0
     expected_loss = -(math.log(0.8) + math.log(0.6) + math.log(0.7)) / 3
     assert result.loss == pytest.approx(expected_loss)
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-    probabilities = predict_probabilities(model, images.repeat(4, 1, 1, 1), batch_size=3, tta=True)
+    probabilities = predict_log_probabilities(model, images.repeat(4, 1, 1, 1), batch_size=3, tta=True).exp()
     assert probabilities.shape == (4, 3) and torch.allclose(probabilities.sum(1), torch.ones(4))
+    # Exact in log space: a probability far below float32's smallest still gets its true log.
+    tiny = average_log_probabilities([torch.tensor([[-200.0, 0.0]]), torch.tensor([[-300.0, 0.0]])])
+    assert tiny[0, 0].item() == pytest.approx(-200.0 - math.log(2), abs=1e-3)
 
 
 def _train_toy(folder, out, **extra):

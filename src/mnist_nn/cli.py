@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -410,3 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Training's own interruption says where its state is and how to resume; exit 128 + the signal.
         print(f"mnist-nn: {exc if isinstance(exc, Interrupted) else 'interrupted'}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, Interrupted) else 130
+    except BrokenPipeError:
+        # The reader went away (`mnist-nn evaluate ... | head`): stop quietly, as command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,27 +79,32 @@ def shifted_views(images: torch.Tensor) -> list[torch.Tensor]:
     return [padded[..., y : y + height, x : x + width] for y, x in offsets]
 
 
-def predict_probabilities(
+def average_log_probabilities(log_probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+    """log(mean of the probabilities), computed in log space: exact even where a probability underflows."""
+    stacked = torch.stack(list(log_probabilities))
+    return torch.logsumexp(stacked, 0) - math.log(len(stacked))
+
+
+def predict_log_probabilities(
     model: nn.Module, images: torch.Tensor, batch_size: int = 2000, tta: bool = False
 ) -> torch.Tensor:
-    """Class probabilities [N, classes] on the CPU; with ``tta`` averaged over ``shifted_views``."""
+    """Log class probabilities [N, classes] on the CPU; with ``tta`` of the average over ``shifted_views``."""
     model.eval()
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             views = shifted_views(batch) if tta else [batch]
-            chunks.append(torch.stack([model(v).float().softmax(1) for v in views]).mean(0).cpu())
+            chunks.append(average_log_probabilities([model(v).float().log_softmax(1) for v in views]).cpu())
     return torch.cat(chunks)
 
 
-def evaluation_from_probabilities(probabilities: torch.Tensor, labels: torch.Tensor) -> Evaluation:
-    """Score averaged probabilities: loss is the NLL of the average, accuracy its argmax."""
-    log_probabilities = probabilities.clamp_min(1e-12).log()
+def evaluation_from_log_probabilities(log_probabilities: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+    """Score (averaged) log probabilities: loss is their NLL, accuracy their argmax."""
     labels = labels.cpu()
     return Evaluation(
         loss=F.nll_loss(log_probabilities, labels).item(),
-        accuracy=(probabilities.argmax(1) == labels).double().mean().item(),
+        accuracy=(log_probabilities.argmax(1) == labels).double().mean().item(),
         logits=log_probabilities,
         labels=labels,
     )
@@ -136,13 +142,13 @@ def evaluate_checkpoint(
     ensure_writable_dir(out_dir)
     labels = splits.test_labels
     inputs: dict[tuple[float, float], torch.Tensor] = {}
-    member_probabilities = []
+    members = []
     for checkpoint in checkpoints:
         key = (checkpoint.mean, checkpoint.std)
         if key not in inputs:
             inputs[key] = normalize(splits.test_images, *key, torch_device)
-        member_probabilities.append(predict_probabilities(checkpoint.model, inputs[key], tta=tta))
-    result = evaluation_from_probabilities(torch.stack(member_probabilities).mean(0), labels)
+        members.append(predict_log_probabilities(checkpoint.model, inputs[key], tta=tta))
+    result = evaluation_from_log_probabilities(average_log_probabilities(members), labels)
     classes = splits.spec.classes
     matrix = result.confusion_matrix()
     mistakes = result.most_confident_mistakes(20)
@@ -164,8 +170,8 @@ def evaluate_checkpoint(
     }
     if len(checkpoints) > 1:
         report["member_accuracy"] = {
-            str(c.path): evaluation_from_probabilities(p, labels).accuracy
-            for c, p in zip(checkpoints, member_probabilities, strict=True)
+            str(c.path): evaluation_from_log_probabilities(p, labels).accuracy
+            for c, p in zip(checkpoints, members, strict=True)
         }
     plots.save_figure(
         plots.confusion_heatmap(matrix, classes, f"Confusion matrix ({result.accuracy:.2%} correct)"),
