@@ -67,7 +67,8 @@ def toy_dataset(tmp_path: Path):
 
 
 def real_mnist_dir() -> Path | None:
-    candidate = Path(os.environ.get("MNIST_NN_DATA") or SHARED_MNIST)
+    # Absolute, because CI gives a relative $MNIST_NN_DATA and some tests run children in other folders.
+    candidate = Path(os.environ.get("MNIST_NN_DATA") or SHARED_MNIST).resolve()
     if all((candidate / f"{n}.gz").exists() or (candidate / n).exists() for n in _NAMES):
         return candidate
     return None
