@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import RESULTS, ROOT
 
-READMES = [ROOT / "README.md", ROOT / "README_Chinese.md"]
+READMES = [ROOT / "README.md", ROOT / "README_Chinese.md", ROOT / "benchmarks" / "README.md"]
 RECIPE_ORDER = ["tutorial", "mlp-best", "cnn-fast", "cnn-best"]
 
 
@@ -162,7 +162,26 @@ def ddp_table(results: Path, chinese: bool) -> str:
     return "\n".join(lines) + note + _machine_note(results, ["ddp.json"], chinese)
 
 
+def profile_table(results: Path, chinese: bool) -> str:
+    blocks = []
+    for path in sorted(results.glob("profile-*.json")):
+        data = json.loads(path.read_text())
+        lines = [
+            f"`{data['recipe']}`, {data['epochs']} epoch(s), {data['train_seconds']:.1f} s of training (profiled):",
+            "",
+            "| operator | self CPU time | share | calls |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| `{row['op']}` | {row['self_ms']:.0f} ms | {100 * row['share']:.1f}% | {row['calls']:,} |"
+            for row in data["top"]
+        ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) if blocks else "(no profile yet: run benchmarks/profile_training.py)"
+
+
 TABLES = {
+    "profile-results": profile_table,
     "recipe-results": recipe_table,
     "speed-results": speed_table,
     "inference-results": inference_table,
