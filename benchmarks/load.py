@@ -10,7 +10,7 @@ broken in assorted ways (bad JSON, wrong shape, values out of range, wrong conte
 file as the image, a form without a file): those must get a 4xx, every other one a 200.
 
 Prints throughput, latency percentiles and error counts, and writes them as JSON to
-benchmarks/results/load.json (load-malformed.json with --malformed). Exit status 1 when any
+benchmarks/results/load[-json][-malformed].json. Exit status 1 when any
 request got an unexpected answer or none.
 """
 
@@ -277,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20, help="untimed requests first (default: 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON result")
-    parser.add_argument("--name", help="result file name (default: load, or load-malformed with --malformed)")
+    parser.add_argument(
+        "--name", help="result file name (default: load[-json][-malformed], from --payload and --malformed)"
+    )
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.url is None):
         parser.error("give a CHECKPOINT to serve, or --url of a running server (not both)")
@@ -309,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         **summary,
         "server_threads": os.environ.get("MNIST_NN_THREADS", "1"),
     }
-    name = args.name or ("load-malformed" if args.malformed > 0 else "load")
+    default = (
+        "load" + ("" if args.payload == "png" else f"-{args.payload}") + ("-malformed" if args.malformed > 0 else "")
+    )
+    name = args.name or default
     path = write_result(name, data, args.results)
     lat = summary["latency_ms"]
     print(

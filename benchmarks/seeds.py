@@ -23,13 +23,20 @@ from mnist_nn.evaluate import evaluate_checkpoint
 
 
 def _finished_run(out: Path, recipe: mnist_nn.recipes.Recipe, seed: int) -> dict | None:
-    """The summary of a finished run of exactly this recipe and seed in ``out``, else None."""
+    """The summary of a finished run of this recipe and seed in ``out``; None when there is no finished run.
+
+    Fields added to Recipe since the run count with their defaults. A finished run of another
+    recipe stops the script: --reuse never deletes a run.
+    """
     try:
         config = json.loads((out / "config.json").read_text())
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    return summary if config["recipe"] == {**recipe.to_dict(), "seed": seed} else None
+    saved = mnist_nn.recipes.Recipe(**config["recipe"]).to_dict()
+    if saved != {**recipe.to_dict(), "seed": seed}:
+        raise SystemExit(f"seeds: {out} holds a run of another recipe; move it away or drop --reuse")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.runs / f"{label}-seed{seed}"
         summary = _finished_run(out, recipe, seed) if args.reuse else None
         if summary is None:
+            if out.exists() and args.reuse:
+                raise SystemExit(f"seeds: {out} holds an unfinished run; move it away or drop --reuse")
             if out.exists():
                 shutil.rmtree(out)
             summary = mnist_nn.train(
