@@ -157,11 +157,16 @@ class Context:
         work.wait()
         return int(flag.item()) or None
 
-    def close(self) -> None:
-        if self._pending_vote is not None:
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group. After a clean run every rank waits for the others first: rank 0
+        still writes checkpoints and plots after the last collective, and a peer that tears its
+        connections down meanwhile makes gloo abort rank 0 at exit. After a failure no one waits."""
+        if self._pending_vote is not None and clean:
             self._pending_vote[0].wait()
-            self._pending_vote = None
+        self._pending_vote = None
         if self.owns_group and dist.is_initialized():
+            if clean:
+                dist.barrier(group=self.control)
             dist.destroy_process_group()
 
 

@@ -167,7 +167,7 @@ def train(
     threads = configure_cpu()
     context, torch_device = distributed.setup(resolve_device(device), dist_backend)
     try:
-        return _train(
+        result = _train(
             recipe,
             context=context,
             torch_device=torch_device,
@@ -186,8 +186,11 @@ def train(
             sync_bn=sync_bn,
             overrides=overrides,
         )
-    finally:
-        context.close()
+    except BaseException:
+        context.close(clean=False)
+        raise
+    context.close()
+    return result
 
 
 def _train(
