@@ -44,24 +44,27 @@ def toy_dir(tmp_path: Path) -> Path:
     return write_idx_dataset(tmp_path / "toy")
 
 
+def toy_spec(name: str) -> dict:
+    """The fields of a registered toy dataset (no MD5 pins): 600 training and 200 test bar images."""
+    return {
+        "name": name,
+        "title": "toy bars",
+        "classes": tuple(str(d) for d in range(10)),
+        "mean": 0.2,
+        "std": 0.3,
+        "torchvision_class": "Toy",
+        "train_size": 600,
+        "test_size": 200,
+    }
+
+
 @pytest.fixture
 def toy_dataset(tmp_path: Path):
     """A registered dataset named 'toy' (no MD5 pins) with its files in a flat folder."""
     from mnist_nn.data import DATASETS, DatasetSpec, register_dataset
 
     folder = write_idx_dataset(tmp_path / "toy", train=600, test=200)
-    register_dataset(
-        DatasetSpec(
-            name="toy",
-            title="toy bars",
-            classes=tuple(str(d) for d in range(10)),
-            mean=0.2,
-            std=0.3,
-            torchvision_class="Toy",
-            train_size=600,
-            test_size=200,
-        )
-    )
+    register_dataset(DatasetSpec(**toy_spec("toy")))
     yield folder
     DATASETS.pop("toy", None)
 

@@ -20,21 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import toy_spec
 from mnist_nn.checkpoint import load_train_state
 from mnist_nn.cli import main
 from mnist_nn.distributed import CPUSyncBatchNorm, shard_bounds
 from test_reliability import assert_same_run
 
-TOY_SPEC = {
-    "name": "toy",
-    "title": "toy bars",
-    "classes": tuple(str(d) for d in range(10)),
-    "mean": 0.2,
-    "std": 0.3,
-    "torchvision_class": "Toy",
-    "train_size": 600,
-    "test_size": 200,
-}
+TOY_SPEC = toy_spec("toy")
 # $TEST_STEP_DELAY slows every step (the schedule is read once per step) so that a test can stop a run mid-epoch.
 LAUNCHER = f"""
 import os, sys, time

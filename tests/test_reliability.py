@@ -23,20 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import toy_spec
 from mnist_nn.checkpoint import load_checkpoint, load_train_state
 from mnist_nn.cli import main
 from mnist_nn.errors import Interrupted, UserError
 
-TOY_SPEC = {
-    "name": "toyrel",
-    "title": "toy bars",
-    "classes": tuple(str(d) for d in range(10)),
-    "mean": 0.2,
-    "std": 0.3,
-    "torchvision_class": "Toy",
-    "train_size": 600,
-    "test_size": 200,
-}
+TOY_SPEC = toy_spec("toyrel")
 # Every piece of state that must survive a resume: batch norm, dropout (the global RNG), EMA,
 # augmentation (its own generator), a per-step schedule, shuffling, best-epoch tracking.
 RECIPE_ARGS = [
