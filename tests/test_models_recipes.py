@@ -6,7 +6,8 @@ from torch import nn
 
 from mnist_nn.errors import UserError
 from mnist_nn.models import build_model, count_parameters
-from mnist_nn.recipes import get_recipe
+from mnist_nn.recipes import Recipe, get_recipe
+from mnist_nn.trainer import resolve_recipe
 
 
 def test_tutorial_mlp_is_the_tutorials_network():
@@ -60,3 +61,34 @@ def test_overrides_and_their_validation():
 def test_unknown_recipe():
     with pytest.raises(UserError, match="unknown recipe 'fast'; known recipes: cnn-best, cnn-fast, mlp-best, tutorial"):
         get_recipe("fast")
+
+
+def test_dataset_overrides_apply_to_their_dataset_before_flags():
+    digits = resolve_recipe("cnn-best")
+    clothes = resolve_recipe("cnn-best", dataset="fashion-mnist")
+    assert digits.aug_flip == 0 and digits.aug_rotate == 10  # a mirrored digit is no digit
+    assert clothes.dataset == "fashion-mnist"
+    assert clothes.aug_flip == 0.5 and clothes.aug_rotate == 0 and clothes.epochs == 20
+    # A flag still wins over the dataset's override; fields the override leaves alone stay the recipe's.
+    flagged = resolve_recipe("cnn-best", dataset="fashion-mnist", aug_rotate=5.0, epochs=3)
+    assert (flagged.aug_rotate, flagged.epochs, flagged.aug_flip, flagged.lr) == (5.0, 3, 0.5, digits.lr)
+    # A resolved recipe is final: resolving it again (as train() does) keeps the flags.
+    assert flagged.dataset_overrides == {} and resolve_recipe(flagged) == flagged
+    assert resolve_recipe("tutorial", dataset="fashion-mnist").replace(dataset="mnist") == get_recipe("tutorial")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"fashion-mnist": {"epochs": 0}}, "epochs must be a positive integer, got 0"),
+        ({"fashion-mnist": {"colour": 1}}, "dataset override for 'fashion-mnist' names unknown field"),
+        ({"fashion-mnist": {"dataset": "mnist"}}, "may not change the recipe's identity"),
+        ({"mnist": {"aug_flip": 1.5}}, "aug flip is a probability in \\[0, 1\\], got 1.5"),
+    ],
+)
+def test_bad_dataset_overrides_are_refused(overrides, message):
+    recipe = Recipe(name="x", description="x", model="cnn-fast", dataset_overrides=overrides)
+    with pytest.raises(UserError, match=message):
+        recipe.validate()
+        recipe.for_dataset("fashion-mnist")
+        recipe.for_dataset("mnist")

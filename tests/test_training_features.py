@@ -28,7 +28,7 @@ EXPECTED_PARAMETERS = {
     "mlp": 1_865_738,
     "lenet5": 61_706,
     "cnn-fast": 50_794,
-    "cnn-best": 40_794,
+    "cnn-best": 150_698,
 }
 
 
@@ -90,6 +90,26 @@ def test_augmentation_keeps_shape_range_and_is_seeded():
     again = augment_batch(images, config, torch.Generator().manual_seed(1))
     assert torch.equal(out, again)
     assert augment_batch(images, Augmentation(), torch.Generator()) is images
+
+
+def test_flip_mirrors_exactly_and_only_with_its_probability():
+    images = torch.rand(400, 1, 28, 28)
+    mirrored = augment_batch(images, Augmentation(flip=1.0), torch.Generator().manual_seed(0))
+    # A mirror maps pixel centres onto pixel centres: the same values, left and right swapped.
+    assert torch.allclose(mirrored, images.flip(-1), atol=1e-5)
+    some = augment_batch(images, Augmentation(flip=0.5), torch.Generator().manual_seed(0))
+    flipped = torch.isclose(some, images.flip(-1), atol=1e-5).flatten(1).all(1)
+    kept = torch.isclose(some, images, atol=1e-5).flatten(1).all(1)
+    assert bool((flipped ^ kept).all())  # each image is either mirrored or left as it is
+    assert 150 < int(flipped.sum()) < 250
+    # With other warps, mirroring still keeps the value range, and flip=0 draws nothing extra.
+    config = Augmentation(rotate=10, shift=2)
+    with_flip = augment_batch(images, Augmentation(rotate=10, shift=2, flip=0.5), torch.Generator().manual_seed(3))
+    assert with_flip.min() >= images.min() - 1e-5 and with_flip.max() <= images.max() + 1e-5
+    assert torch.equal(
+        augment_batch(images, config, torch.Generator().manual_seed(3)),
+        augment_batch(images, Augmentation(rotate=10, shift=2, flip=0.0), torch.Generator().manual_seed(3)),
+    )
 
 
 def test_augmentation_keeps_a_digit_recognizable():

@@ -21,10 +21,11 @@ class Augmentation:
     shear: float = 0.0  # degrees
     elastic_alpha: float = 0.0  # displacement in pixels after smoothing; 0 turns elastic distortion off
     elastic_sigma: float = 4.0  # smoothing of the random displacement field, pixels
+    flip: float = 0.0  # probability of a left-right mirror image (clothes, not digits: a mirrored 2 is no 2)
 
     @property
     def enabled(self) -> bool:
-        return any((self.rotate, self.shift, self.scale, self.shear, self.elastic_alpha))
+        return any((self.rotate, self.shift, self.scale, self.shear, self.elastic_alpha, self.flip))
 
 
 def _uniform(count: int, limit: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -60,6 +61,10 @@ def augment_batch(images: torch.Tensor, config: Augmentation, generator: torch.G
     theta[:, 1, 1] = (sin * tan + cos) / scale
     theta[:, 0, 2] = _uniform(n, config.shift, generator, device) * 2 / width
     theta[:, 1, 2] = _uniform(n, config.shift, generator, device) * 2 / height
+    if config.flip:
+        # Mirroring negates the output x coordinate, i.e. the first column of the map; same single warp.
+        mirror = torch.rand(n, generator=generator, device=device) < config.flip
+        theta[:, :, 0] = torch.where(mirror[:, None], -theta[:, :, 0], theta[:, :, 0])
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     if config.elastic_alpha:
         noise = torch.rand(n * 2, 1, height, width, generator=generator, device=device) * 2 - 1

@@ -58,6 +58,7 @@ RECIPE_HELP = {
     "aug_shear": "augmentation: random shear up to this many degrees",
     "aug_elastic": "augmentation: elastic distortion of up to this many pixels (0: off)",
     "aug_elastic_sigma": "augmentation: smoothness of the elastic distortion, pixels",
+    "aug_flip": "augmentation: probability of a left-right mirror image (for clothes; never for digits)",
     "channels_last": "channels-last memory format (faster convolutions on CPU)",
     "eval_batch_size": "batch size for evaluation",
     "log_every": "print the loss every this many batches",
@@ -65,12 +66,16 @@ RECIPE_HELP = {
 }
 
 
+# Recipe fields with no flag: its identity, and the per-dataset overrides (a flag would override those anyway).
+NOT_FLAGS = ("name", "description", "dataset_overrides")
+
+
 def _recipe_fields() -> list[str]:
     from dataclasses import fields
 
     from .recipes import Recipe
 
-    return [f.name for f in fields(Recipe) if f.name not in ("name", "description")]
+    return [f.name for f in fields(Recipe) if f.name not in NOT_FLAGS]
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +87,7 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parsers = {"int": int, "float": float, "str": str, "dict[str, Any]": _json_object}
     group = parser.add_argument_group("recipe overrides (default: the recipe's value; see `mnist-nn recipes`)")
     for field in fields(Recipe):
-        if field.name in ("name", "description"):
+        if field.name in NOT_FLAGS:
             continue
         flag = "--" + field.name.replace("_", "-")
         help_text = RECIPE_HELP.get(field.name, f"recipe field {field.name}")

@@ -101,7 +101,7 @@ class FastCNN(nn.Sequential):
 class StrongCNN(nn.Sequential):
     """Three stages of 3x3 conv+BN+ReLU blocks with max-pooling between them, dropout, one linear layer."""
 
-    def __init__(self, channels: Sequence[int] = (16, 32, 64), dropout: float = 0.3, num_classes: int = 10) -> None:
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), dropout: float = 0.3, num_classes: int = 10) -> None:
         c1, c2, c3 = channels
         super().__init__(
             *conv_bn(1, c1, 3),
@@ -163,9 +163,9 @@ register_model(
 register_model(
     ModelSpec(
         name="cnn-best",
-        description="stronger CNN: five 3x3 conv+BN+ReLU blocks (16-16, 32-32, 64) in three pooled stages, dropout",
+        description="stronger CNN: five 3x3 conv+BN+ReLU blocks (32-32, 64-64, 128) in three pooled stages, dropout",
         build=StrongCNN,
-        defaults={"channels": [16, 32, 64], "dropout": 0.3},
+        defaults={"channels": [32, 64, 128], "dropout": 0.3},
     )
 )
 

@@ -44,6 +44,7 @@ class Recipe:
     aug_shear: float = 0.0
     aug_elastic: float = 0.0
     aug_elastic_sigma: float = 4.0
+    aug_flip: float = 0.0
     shuffle: bool = True
     # "unit": pixels scaled to [0, 1] (the tutorial's ToTensor); "standard": then (x - mean) / std.
     normalization: str = "standard"
@@ -54,6 +55,19 @@ class Recipe:
     seed: int = 0
     eval_batch_size: int = 2000
     log_every: int = 100
+    # Per-dataset changes to the fields above, applied when the run uses that dataset (before any flag):
+    # the label-preserving augmentations and the capacity that pays off differ between digits and clothes.
+    dataset_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_dataset(self, dataset: str) -> Recipe:
+        """This recipe as it runs on `dataset`, its override for that dataset applied.
+
+        The result carries no overrides any more: it is final, so resolving it again (a resumed
+        run, a benchmark passing a resolved recipe on) cannot undo a flag given after it.
+        """
+        if not self.dataset_overrides:
+            return self.replace(dataset=dataset)
+        return self.replace(**self.dataset_overrides.get(dataset, {}), dataset=dataset, dataset_overrides={})
 
     def augmentation(self) -> Augmentation:
         return Augmentation(
@@ -63,6 +77,7 @@ class Recipe:
             shear=self.aug_shear,
             elastic_alpha=self.aug_elastic,
             elastic_sigma=self.aug_elastic_sigma,
+            flip=self.aug_flip,
         )
 
     def replace(self, **overrides: Any) -> Recipe:
@@ -88,6 +103,16 @@ class Recipe:
         for name in ("aug_rotate", "aug_shift", "aug_scale", "aug_shear", "aug_elastic"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name.replace('_', ' ')} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.aug_flip <= 1:
+            raise UserError(f"aug flip is a probability in [0, 1], got {self.aug_flip}")
+        fields = {f.name for f in dataclasses.fields(self)}
+        for dataset, changes in self.dataset_overrides.items():
+            if {"name", "description", "dataset", "dataset_overrides"} & set(changes):
+                raise UserError(f"dataset override for {dataset!r} may not change the recipe's identity")
+            if set(changes) - fields:
+                raise UserError(
+                    f"dataset override for {dataset!r} names unknown field(s): {sorted(set(changes) - fields)}"
+                )
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.ema_decay < 1:
@@ -174,7 +199,9 @@ register_recipe(
     )
 )
 
-# The highest accuracy within minutes of a 2-core CPU: augmentation, label smoothing, EMA weights.
+# The highest accuracy within 20 minutes of a 2-core CPU: a wider CNN, augmentation, label smoothing, EMA weights.
+# Clothes are not digits: mirror images are still the same garment, while rotation and shear are not
+# what photographed clothes vary by; and there is more to learn, so a few more epochs.
 register_recipe(
     Recipe(
         name="cnn-best",
@@ -194,6 +221,16 @@ register_recipe(
         aug_scale=0.1,
         aug_shear=8,
         channels_last=True,
+        dataset_overrides={
+            "fashion-mnist": {
+                "epochs": 20,
+                "aug_rotate": 0,
+                "aug_shear": 0,
+                "aug_scale": 0.05,
+                "aug_shift": 2,
+                "aug_flip": 0.5,
+            }
+        },
     )
 )
 

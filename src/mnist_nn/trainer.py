@@ -67,9 +67,9 @@ class RunResult:
 
 
 def resolve_recipe(recipe: str | Recipe, **overrides: Any) -> Recipe:
-    """The recipe with overrides applied; $MNIST_NN_MAX_EPOCHS caps its epochs (quick tries, docs tests)."""
+    """The recipe for its dataset, overrides applied; $MNIST_NN_MAX_EPOCHS caps its epochs (quick tries, docs tests)."""
     base = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    resolved = base.replace(**overrides)
+    resolved = base.for_dataset(overrides.get("dataset") or base.dataset).replace(**overrides)
     cap = os.environ.get("MNIST_NN_MAX_EPOCHS", "").strip()
     if cap:
         if not cap.isdigit() or int(cap) < 1:
