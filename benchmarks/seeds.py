@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     accuracy = describe([r["test_accuracy"] for r in runs])
+    summaries = {r["run_dir"]: json.loads((ROOT / r["run_dir"] / "summary.json").read_text()) for r in runs}
     seconds = describe([r["train_seconds"] for r in runs])
     data = {
         "recipe": recipe.name,
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": summary["parameters"],
         "epochs": recipe.epochs,
         "device": summary["device"],
-        "threads": sorted({json.loads((ROOT / r["run_dir"] / "summary.json").read_text())["threads"] for r in runs}),
+        "threads": sorted({summaries[r["run_dir"]]["threads"] for r in runs}),
+        "precision": sorted({summaries[r["run_dir"]].get("precision", "fp32") for r in runs}),
         "seeds": len(runs),
         "test_accuracy": accuracy,
         "train_seconds": seconds,

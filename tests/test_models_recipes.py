@@ -68,7 +68,12 @@ def test_dataset_overrides_apply_to_their_dataset_before_flags():
     clothes = resolve_recipe("cnn-best", dataset="fashion-mnist")
     assert digits.aug_flip == 0 and digits.aug_rotate == 10  # a mirrored digit is no digit
     assert clothes.dataset == "fashion-mnist"
-    assert clothes.aug_flip == 0.5 and clothes.aug_rotate == 0 and clothes.epochs == 20
+    assert (
+        clothes.aug_flip == 0.5
+        and clothes.aug_rotate == 0
+        and clothes.epochs == 20
+        and clothes.model_kwargs == {"dropout": 0.1}
+    )
     # A flag still wins over the dataset's override; fields the override leaves alone stay the recipe's.
     flagged = resolve_recipe("cnn-best", dataset="fashion-mnist", aug_rotate=5.0, epochs=3)
     assert (flagged.aug_rotate, flagged.epochs, flagged.aug_flip, flagged.lr) == (5.0, 3, 0.5, digits.lr)

@@ -13,6 +13,7 @@ import torch
 
 from mnist_nn.augment import Augmentation, augment_batch
 from mnist_nn.cli import main
+from mnist_nn.device import resolve_precision
 from mnist_nn.evaluate import (
     average_log_probabilities,
     evaluation_from_log_probabilities,
@@ -262,8 +263,24 @@ def test_bf16_autocast_trains(tmp_path, toy_dataset):
     _train_toy(toy_dataset, tmp_path / "run", epochs=3, precision="bf16", model="lenet5")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["recipe"]["precision"] == "bf16"
+    assert config["recipe"]["precision"] == "bf16" and summary["precision"] == "bf16"
     assert summary["test_accuracy"] > 0.9
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, tmp_path, toy_dataset):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert resolve_precision("auto", cpu) == "bf16"
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # an older torch without the probe
+    assert resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    _train_toy(toy_dataset, tmp_path / "run", epochs=1, precision="auto", model="lenet5")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    # The recipe keeps what was asked for; the run records what it computed in.
+    assert config["recipe"]["precision"] == "auto" and summary["precision"] == config["precision"] == "fp32"
 
 
 def test_compiled_training_matches_eager(tmp_path, toy_dataset):

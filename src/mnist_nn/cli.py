@@ -62,7 +62,8 @@ RECIPE_HELP = {
     "channels_last": "channels-last memory format (faster convolutions on CPU)",
     "eval_batch_size": "batch size for evaluation",
     "log_every": "print the loss every this many batches",
-    "precision": "fp32, or bf16 to autocast the forward pass to bfloat16",
+    "precision": "fp32; bf16 to autocast the forward pass to bfloat16; auto: bf16 where the hardware has it "
+    "(CUDA GPUs from Ampere on, CPUs with AMX), else fp32",
 }
 
 

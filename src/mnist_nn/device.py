@@ -9,6 +9,7 @@ import torch
 from .errors import UserError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -24,6 +25,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in DEVICE_CHOICES:
         raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware: CUDA GPUs from Ampere on, CPUs with AMX tiles.
+
+    Elsewhere bf16 autocast is emulated, and slower than fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own probe; private, hence the guard
+        return bool(amx and amx())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run computes in: "auto" is bf16 where ``device`` has it in hardware, else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
 
 
 def configure_cpu() -> int:

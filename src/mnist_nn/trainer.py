@@ -31,7 +31,7 @@ from . import distributed, plots
 from .augment import augment_batch
 from .checkpoint import load_weights, save_checkpoint, save_train_state
 from .data import DeviceLoader, load_dataset, normalize, split_indices
-from .device import configure_cpu, make_deterministic, prepare_backend, resolve_device
+from .device import configure_cpu, make_deterministic, prepare_backend, resolve_device, resolve_precision
 from .ema import ModelEMA
 from .errors import Interrupted, UserError
 from .evaluate import evaluate
@@ -315,7 +315,8 @@ def _train(
     ema = ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None
     # What is evaluated and saved: the EMA of the weights when enabled, else the weights.
     eval_model = ema.module if ema is not None else model
-    precision = _autocast(recipe.precision, torch_device)
+    computed_in = resolve_precision(recipe.precision, torch_device)
+    precision = _autocast(computed_in, torch_device)
 
     config = {
         "recipe": recipe.to_dict(),
@@ -333,6 +334,7 @@ def _train(
         },
         "device": str(torch_device),
         "threads": threads,
+        "precision": computed_in,
         "versions": library_versions(),
         "command": sys.argv if sys.argv and sys.argv[0] else None,
         "checkpoint_every": checkpoint_every,
@@ -687,6 +689,7 @@ def _train(
             "val_accuracy": best["accuracy"] if recipe.val_size else None,
             "device": str(torch_device),
             "threads": threads,
+            "precision": computed_in,
             "test_accuracy": test.accuracy,
             "test_loss": test.loss,
             "final_train_loss": history[-1]["train_loss"],
