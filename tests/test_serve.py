@@ -110,6 +110,29 @@ def test_json_pixels_are_prepared_or_used_as_they_are(client, predictor):
     assert inverted["label"] == prepared["label"]
 
 
+def test_small_requests_are_answered_on_the_loop_large_ones_in_a_thread(predictor, monkeypatch):
+    """A drawing or 28x28 pixels costs less than a thread hand-off; a photo must not hold up the loop."""
+    import mnist_nn.serve.app as app_module
+
+    handed_off = []
+
+    async def counting_run_sync(function, *args, **kwargs):
+        handed_off.append(args[2][:4])
+        return function(*args)
+
+    monkeypatch.setattr(app_module, "run_sync", counting_run_sync)
+    photo = drawn_one(600).convert("RGB").resize((600, 600))  # 360,000 pixels
+    with TestClient(create_app(predictor)) as test_client:
+        answers = [
+            test_client.post("/api/predict", **upload(png_bytes(drawn_one()))),
+            test_client.post("/api/predict", json={"pixels": [[0] * 28] * 28}),
+            test_client.post("/api/predict", **upload(b"not an image at all")),
+            test_client.post("/api/predict", **upload(png_bytes(photo))),
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 422, 200]
+    assert handed_off == [png_bytes(photo)[:4]]  # only the photo went to a worker thread
+
+
 def test_blank_image_is_no_digit_not_an_error(client):
     for request in (upload(png_bytes(Image.new("L", (112, 112), 255))), {"json": {"pixels": [[0] * 28] * 28}}):
         response = client.post("/api/predict", **request)
@@ -355,7 +378,7 @@ def test_garbage_never_gives_a_500(client):
 
 
 def test_inference_does_not_block_the_event_loop(predictor, monkeypatch):
-    """While one prediction is stuck in its worker thread, the server still answers others."""
+    """While one prediction of a large image is stuck in its worker thread, the server still answers others."""
     import httpx
 
     release, entered = threading.Event(), threading.Event()
@@ -371,7 +394,11 @@ def test_inference_does_not_block_the_event_loop(predictor, monkeypatch):
     with live_server(create_app(predictor)) as url:
 
         def stuck_request():
-            results["stuck"] = httpx.post(f"{url}/api/predict", json={"pixels": [[0] * 28] * 28}, timeout=60)
+            # Larger than what is answered on the loop itself (see test_small_requests_are_answered_on_the_loop...).
+            photo = Image.new("L", (400, 400), 255)
+            ImageDraw.Draw(photo).line([(200, 60), (200, 340)], fill=0, width=30)
+            files = {"file": ("photo.png", png_bytes(photo), "image/png")}
+            results["stuck"] = httpx.post(f"{url}/api/predict", files=files, timeout=60)
 
         thread = threading.Thread(target=stuck_request)
         thread.start()

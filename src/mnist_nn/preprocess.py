@@ -114,6 +114,18 @@ def load_grayscale(
     return _to_grayscale(image)
 
 
+def image_pixels(data: bytes) -> int | None:
+    """Width x height from an encoded image's header, without decoding it; None when unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+                width, height = image.size
+    except Exception:  # whatever it is, load_grayscale will say so
+        return None
+    return width * height
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:160]

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..predict import Predictor
-from ..preprocess import MNIST_SIZE, ImageError, NoDigitFound
+from ..preprocess import MNIST_SIZE, ImageError, NoDigitFound, image_pixels
 from ..version import __version__
 
 log = logging.getLogger("mnist_nn.serve")
@@ -41,6 +41,12 @@ MAX_BODY_BYTES = 5 * 1024 * 1024
 # Lower than the CLI's 50 MP: a server decodes images for strangers, several at once, and a
 # 16 MP decode already takes ~100 MB; a 12 MP phone photo still passes.
 MAX_PIXELS = 16_000_000
+# Requests this small are answered on the event loop itself: a 28x28 JSON body or a drawing-sized
+# image takes about a millisecond, less than the hand-off to a worker thread and back, and under
+# Python's lock that thread could not run beside the loop anyway. Larger images (a photo: tens of
+# milliseconds) go to the worker threads, so that they never hold up the small ones.
+INLINE_MAX_BYTES = 64 * 1024
+INLINE_MAX_PIXELS = 256 * 256
 # The page, its script and its styles come from this app only: no CDN, works offline.
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -259,7 +265,7 @@ def create_app(
         start = time.perf_counter()
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            # Parsed in the worker thread too: up to 5 MB of JSON is milliseconds of CPU.
+            # Parsed with the rest (in a worker thread when large: 5 MB of JSON is milliseconds of CPU).
             source = await request.body()
             name = "pixels"
         elif kind == "multipart/form-data":
@@ -270,7 +276,10 @@ def create_app(
                 f"unsupported content type {kind or '(none)'!r}: send multipart/form-data with an image "
                 'in the field "file", or application/json {"pixels": 28x28 values 0-255}',
             )
-        result = await run_sync(_answer, predictor, kind, source, name, preprocess, max_pixels, limiter=limiter)
+        if _is_small(kind, source):
+            result = _answer(predictor, kind, source, name, preprocess, max_pixels)
+        else:
+            result = await run_sync(_answer, predictor, kind, source, name, preprocess, max_pixels, limiter=limiter)
         result["model"] = model_name
         result["latency_ms"] = round(1000 * (time.perf_counter() - start), 3)
         # Built to PredictResponse's shape by _answer; returned as is, skipping a second validation per request.
@@ -341,11 +350,21 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
         await form.close()
 
 
-# --------------------------------------------------------------------------- inference (in a worker thread)
+# --------------------------------------------------------------------------- inference
+
+
+def _is_small(kind: str, body: bytes) -> bool:
+    """Cheap enough to answer on the event loop: a small body, and for an image a small header size."""
+    if len(body) > INLINE_MAX_BYTES:
+        return False
+    if kind == "application/json":
+        return True
+    pixels = image_pixels(body)
+    return pixels is None or pixels <= INLINE_MAX_PIXELS  # an unreadable image fails fast either way
 
 
 def _answer(predictor: Predictor, kind: str, body: bytes, name: str, preprocess: bool, max_pixels: int) -> dict:
-    """Parse, prepare, run and read one image with the Predictor's own steps; CPU-bound, so off the event loop."""
+    """Parse, prepare, run and read one image with the Predictor's own steps (CPU-bound: see _is_small)."""
     source = parse_pixels(body) if kind == "application/json" else body
     try:
         segments = predictor.prepare(source, preprocess=preprocess, max_pixels=max_pixels)

@@ -41,7 +41,8 @@ def bind(host: str, port: int) -> socket.socket:
 def run(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
     """Serve ``checkpoint`` until Ctrl-C or SIGTERM. Only this path is ever loaded, never one a client sends.
 
-    One process: requests are parsed on its event loop and run in a few worker threads. (Several
+    One process: requests are parsed on its event loop; small ones (a drawing, 28x28 JSON) are
+    answered there too, larger images in a few worker threads (see app._is_small). (Several
     uvicorn worker processes were measured too: more throughput on 2 cores, but keep-alive clients
     spread unevenly over the processes and the p99 latency got 2-3x worse.)
     """
@@ -55,8 +56,8 @@ def run(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000
         raise UserError(f"--port must be from 1 to 65535, got {port}")
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     sock = bind(host, port)
-    # One intra-op thread per request: requests run side by side in worker threads (one per core),
-    # and a 1x784 forward pass gains nothing from splitting, only synchronisation.
+    # One intra-op thread per request: large requests run side by side in worker threads (one per
+    # core), and a 1x784 forward pass gains nothing from splitting, only synchronisation.
     torch.set_num_threads(int(os.environ.get("MNIST_NN_THREADS") or 1))
     app = create_app(predictor)
     shown = f"[{host}]" if ":" in host else host
