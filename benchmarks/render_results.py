@@ -33,21 +33,29 @@ def recipe_table(results: Path, chinese: bool) -> str:
     rows.sort(key=lambda r: (r["dataset"], RECIPE_ORDER.index(r["recipe"]) if r["recipe"] in RECIPE_ORDER else 99))
     if chinese:
         header = (
-            "| 配方 | 数据集 | 参数量 | 种子数 | 测试准确率（均值 ± 标准差） | 最低–最高 | 种子集成 | 每次训练时间 |"
+            "| 配方 | 数据集 | 参数量 | 种子数 | 测试准确率（均值 ± 标准差） | 最低–最高 | 种子集成 "
+            "| 每次训练时间（线程数，精度） |"
         )
     else:
         header = (
             "| recipe | dataset | parameters | seeds | test accuracy (mean ± std) | min–max "
-            "| ensemble of the seeds | training time per run (threads) |"
+            "| ensemble of the seeds | training time per run (threads, precision) |"
         )
     lines = [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         a, t = r["test_accuracy"], r["train_seconds"]
         ensemble = _pct(r["ensemble_accuracy"]) if "ensemble_accuracy" in r else "–"
+        if "ensemble_tta_accuracy" in r:
+            ensemble += (
+                f"{'（TTA ' if chinese else ' (TTA '}{_pct(r['ensemble_tta_accuracy'])}{'）' if chinese else ')'}"
+            )
+        threads = "/".join(map(str, r.get("threads", ["?"])))
+        # Results from before the precision was recorded: every recipe then computed in fp32.
+        precision = "/".join(r.get("precision", ["fp32"]))
         lines.append(
             f"| `{r['recipe']}` | {r['dataset']} | {r['parameters']:,} | {r['seeds']} | "
             f"{_pct(a['mean'])} ± {100 * a['std']:.2f} | {_pct(a['min'])}–{_pct(a['max'])} | {ensemble} | "
-            f"{t['mean']:.1f} s (max {t['max']:.1f} s; {'/'.join(map(str, r.get('threads', ['?'])))}) |"
+            f"{t['mean']:.1f} s (max {t['max']:.1f} s; {threads}, {precision}) |"
         )
     if not rows:
         lines.append("| – | – | – | – | – | – | – | – |")
@@ -180,7 +188,41 @@ def profile_table(results: Path, chinese: bool) -> str:
     return "\n\n".join(blocks) if blocks else "(no profile yet: run benchmarks/profile_training.py)"
 
 
+def load_table(results: Path, chinese: bool) -> str:
+    header = (
+        "| 请求 | 客户端 | 请求数 | 吞吐量 | p50 | p99 | 错误 | 畸形请求的状态码 |"
+        if chinese
+        else "| requests | clients | requests in all | throughput | p50 | p99 | errors | statuses of the malformed |"
+    )
+    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    names = ["load.json", "load-json.json", "load-malformed.json", "load-json-malformed.json"]
+    for name in names:
+        path = results / name
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        kind = "PNG 112x112" if d["payload"] == "png" else "JSON 28x28"
+        if d["malformed_fraction"]:
+            kind += f" + {100 * d['malformed_fraction']:.0f}% {'畸形' if chinese else 'malformed'}"
+        statuses = {}
+        for counts in d["malformed_status_counts"].values():
+            for status, count in counts.items():
+                statuses[status] = statuses.get(status, 0) + count
+        shown = ", ".join(f"{count} × {status}" for status, count in sorted(statuses.items())) or "–"
+        lat = d["latency_ms"]
+        lines.append(
+            f"| {kind} | {d['clients']} | {d['requests']:,} | {d['throughput_rps']:.0f}/s | {lat['p50']:.1f} ms | "
+            f"{lat['p99']:.1f} ms | {d['errors']} | {shown} |"
+        )
+    model = next((json.loads((results / n).read_text())["model"] for n in names if (results / n).exists()), None)
+    note = ""
+    if model:
+        note = f"\n\n模型：`{model}`。" if chinese else f"\n\nModel: `{model}`."
+    return "\n".join(lines) + note + _machine_note(results, [n for n in names if (results / n).exists()][:1], chinese)
+
+
 TABLES = {
+    "load-results": load_table,
     "profile-results": profile_table,
     "recipe-results": recipe_table,
     "speed-results": speed_table,

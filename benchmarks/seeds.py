@@ -1,7 +1,7 @@
 """Train a recipe over several seeds; write mean ± std, time and parameters (and the seeds' ensemble) to JSON.
 
     python benchmarks/seeds.py --recipe cnn-fast --seeds 5
-    python benchmarks/seeds.py --recipe cnn-best --seeds 3 --ensemble
+    python benchmarks/seeds.py --recipe cnn-best --seeds 3 --ensemble --tta
     python benchmarks/seeds.py --recipe cnn-best --dataset fashion-mnist --seeds 1
 
 Writes benchmarks/results/recipe-<recipe>[-<dataset>].json; `render_results.py` turns those into
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (smoke runs)")
     parser.add_argument("--ensemble", action="store_true", help="also score the ensemble of the seeds' checkpoints")
+    parser.add_argument("--tta", action="store_true", help="with --ensemble: score it with test-time augmentation too")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -96,13 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     if args.ensemble and len(runs) > 1:
+        members = [ROOT / r["run_dir"] / "model.pt" for r in runs]
         report = evaluate_checkpoint(
-            [ROOT / r["run_dir"] / "model.pt" for r in runs],
+            members,
             data_dir=args.data_dir,
             out=args.runs / f"{label}-ensemble",
         )
         data["ensemble_accuracy"] = report["test_accuracy"]
         print(f"ensemble of {len(runs)}: test accuracy {100 * report['test_accuracy']:.2f}%")
+        if args.tta:
+            report = evaluate_checkpoint(
+                members, data_dir=args.data_dir, out=args.runs / f"{label}-ensemble-tta", tta=True
+            )
+            data["ensemble_tta_accuracy"] = report["test_accuracy"]
+            print(f"ensemble of {len(runs)} with TTA: test accuracy {100 * report['test_accuracy']:.2f}%")
     path = write_result(label, data, args.results)
     print(
         f"{recipe.name} on {recipe.dataset}: {100 * accuracy['mean']:.2f}% ± {100 * accuracy['std']:.2f} "

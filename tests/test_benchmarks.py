@@ -71,6 +71,7 @@ def test_seeds_and_render(mnist_dir, tmp_path):
         "--seeds",
         "2",
         "--ensemble",
+        "--tta",
         "--data-dir",
         str(mnist_dir),
         "--results",
@@ -100,6 +101,7 @@ def test_seeds_and_render(mnist_dir, tmp_path):
     )
     assert model.stat().st_mtime_ns == stamp and f"{100 * data['runs'][0]['test_accuracy']:.2f}%" in again
     assert data["test_accuracy"]["min"] > 0.95 and 0 < data["ensemble_accuracy"] <= 1
+    assert 0 < data["ensemble_tta_accuracy"] <= 1
     # The README renderer leaves smoke results (named *-Nep) out; give it a full-named copy.
     (tmp_path / "recipe-cnn-fast.json").write_text(json.dumps({**data, "benchmark": "recipe-cnn-fast"}))
     readme = tmp_path / "README.md"
@@ -108,6 +110,7 @@ def test_seeds_and_render(mnist_dir, tmp_path):
     text = readme.read_text()
     assert "old" not in text and "| `cnn-fast` | mnist | 50,794 | 2 |" in text
     assert f"{100 * data['test_accuracy']['mean']:.2f}%" in text
+    assert f"(TTA {100 * data['ensemble_tta_accuracy']:.2f}%)" in text
     check = subprocess.run(
         [
             sys.executable,
