@@ -81,10 +81,7 @@ def load_grayscale(
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes), not an image")
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit below replaces Pillow's global one (a warning, then an error at 2x).
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+        image = _open_header(data)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image (or not one of {', '.join(FORMATS)})") from None
     except Image.DecompressionBombError:
@@ -114,13 +111,19 @@ def load_grayscale(
     return _to_grayscale(image)
 
 
+def _open_header(data: bytes) -> Image.Image:
+    """Open an encoded image, reading its header only (pixels are decoded on ``load()``)."""
+    with warnings.catch_warnings():
+        # Our own pixel limits replace Pillow's global one (a warning, then an error at 2x).
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+
+
 def image_pixels(data: bytes) -> int | None:
     """Width x height from an encoded image's header, without decoding it; None when unreadable."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-                width, height = image.size
+        with _open_header(data) as image:
+            width, height = image.size
     except Exception:  # whatever it is, load_grayscale will say so
         return None
     return width * height
