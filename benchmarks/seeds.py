@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse", action="store_true", help="count a seed's finished run directory (same recipe) instead of retraining"
     )
     args = parser.parse_args(argv)
+    if args.tta and not args.ensemble:
+        parser.error("--tta scores the ensemble: add --ensemble")
 
     recipe = mnist_nn.trainer.resolve_recipe(args.recipe, dataset=args.dataset, epochs=args.epochs)
     label = f"recipe-{recipe.name}" + ("" if recipe.dataset == "mnist" else f"-{recipe.dataset}")

@@ -25,6 +25,17 @@ def bench(script: str, *args: str) -> str:
     return done.stdout
 
 
+def test_seeds_refuses_tta_without_an_ensemble(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "seeds.py"), "--recipe", "cnn-fast", "--tta", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 2 and done.stderr.strip().endswith("--tta scores the ensemble: add --ensemble")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tutorial_benchmark(mnist_dir, tmp_path):
     out = bench(
         "tutorial.py", "--epochs", "1", "--repeats", "1", "--data-dir", str(mnist_dir), "--results", str(tmp_path)
