@@ -8,13 +8,14 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from mnist_nn.preprocess import (
     ImageError,
     NoDigitFound,
     connected_components,
     load_grayscale,
+    median3x3,
     preprocess_image,
     segment_digits,
     to_mnist,
@@ -138,6 +139,50 @@ def test_connected_components_eight_connected():
     assert sorted(c.area for c in components) == [2, 5]
     assert labels[0, 0] == labels[1, 1] != labels[4, 3] == labels[5, 7]
     assert {c.box for c in components} == {(0, 0, 2, 2), (3, 4, 8, 6)}
+
+
+def flood_fill_components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, tuple[int, int, int, int]]]]:
+    """The slow, obvious 8-connected labelling: flood fill from each unlabelled pixel in raster order."""
+    labels = np.zeros(mask.shape, np.int32)
+    found = []
+    for start in zip(*np.nonzero(mask), strict=True):
+        if labels[start]:
+            continue
+        label = len(found) + 1
+        labels[start] = label
+        stack, pixels = [start], []
+        while stack:
+            y, x = stack.pop()
+            pixels.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not labels[ny, nx]:
+                        labels[ny, nx] = label
+                        stack.append((ny, nx))
+        ys, xs = zip(*pixels, strict=True)
+        found.append((label, len(pixels), (min(xs), min(ys), max(xs) + 1, max(ys) + 1)))
+    return labels, found
+
+
+def test_connected_components_match_a_flood_fill_on_random_masks():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        mask = rng.random(tuple(rng.integers(1, 30, size=2))) < rng.random()
+        labels, components = connected_components(mask)
+        expected_labels, expected = flood_fill_components(mask)
+        assert labels.dtype == np.int32 and np.array_equal(labels, expected_labels)
+        assert [(c.label, c.area, c.box) for c in components] == expected
+
+
+def test_median3x3_equals_pillows_median_filter():
+    rng = np.random.default_rng(0)
+    for i in range(100):
+        image = (rng.random(tuple(rng.integers(1, 70, size=2))) * 255).astype(np.float32)
+        if i % 2:
+            image = np.round(image / 64) * 64  # many ties
+        pillow = np.asarray(Image.fromarray(image).filter(ImageFilter.MedianFilter(3)), dtype=np.float32)
+        assert np.array_equal(median3x3(image), pillow)
 
 
 def number_image(widths_and_gaps, height=60):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from .errors import UserError
 
@@ -41,6 +42,7 @@ MIN_CONTRAST = 40.0
 LOW_THRESHOLD = 0.05
 HIGH_THRESHOLD = 0.2
 FULL_STROKE_PERCENTILE = 90
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # a pixel touches all 8 neighbours, diagonals too
 
 
 class ImageError(UserError):
@@ -173,13 +175,13 @@ def extract_ink(gray: np.ndarray) -> Ink:
     """
     height, width = gray.shape
     scale = min(1.0, WORK_SIZE / max(height, width))
-    image = Image.fromarray(gray.astype(np.float32))
+    work = gray.astype(np.float32, copy=False)
     if scale < 1.0:
-        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
-    work = np.asarray(image, dtype=np.float32)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        work = np.asarray(Image.fromarray(work).resize(size, Image.Resampling.BOX), dtype=np.float32)
     # A 3x3 median removes sensor noise and JPEG speckle; on small images it would eat MNIST-thin strokes.
     if min(work.shape) >= 48:
-        work = np.asarray(Image.fromarray(work).filter(ImageFilter.MedianFilter(3)), dtype=np.float32)
+        work = median3x3(work)
     ring = _border(work)
     background = float(np.median(ring))
     low, high = float(work.min()), float(work.max())
@@ -195,11 +197,12 @@ def extract_ink(gray: np.ndarray) -> Ink:
     low = max(3.0 * noise, LOW_THRESHOLD * contrast)
     high = max(5.0 * noise, HIGH_THRESHOLD * contrast)
     labels, components = connected_components(signal > low)
-    strong = np.unique(labels[signal > high])
-    mask = np.isin(labels, strong[strong > 0])
+    strong = np.zeros(len(components) + 1, dtype=bool)
+    strong[labels[signal > high]] = True
+    strong[0] = False
+    mask = np.take(strong, labels)
     # The mask's components are the kept ones: labelling the mask again would find the same.
-    kept = set(strong.tolist())
-    components = [c for c in components if c.label in kept]
+    components = [c for c in components if strong[c.label]]
     labels = np.where(mask, labels, 0)
     # Strength of a full stroke: a high percentile of the ink, so a few dark specks do not set it.
     full = max(float(np.percentile(signal[mask], FULL_STROKE_PERCENTILE)), high + 1.0)
@@ -213,6 +216,27 @@ def extract_ink(gray: np.ndarray) -> Ink:
         labels=labels,
         components=components,
     )
+
+
+def median3x3(image: np.ndarray) -> np.ndarray:
+    """3x3 median filter, edges replicated: the same values as Pillow's MedianFilter(3), 3x faster.
+
+    Each column of three is sorted once (low, mid, high) and shared by the three windows that
+    hold it; a window's median is then the median of (the largest low, the median mid, the
+    smallest high), an exact identity for nine values. Whole-array min/max, no per-pixel sort.
+    """
+    padded = np.pad(image.astype(np.float32, copy=False), 1, mode="edge")
+    top, centre, bottom = padded[:-2], padded[1:-1], padded[2:]
+    low, high = np.minimum(top, centre), np.maximum(top, centre)
+    mid, high = np.minimum(high, bottom), np.maximum(high, bottom)
+    low, mid = np.minimum(low, mid), np.maximum(low, mid)
+    lows = np.maximum(np.maximum(low[:, :-2], low[:, 1:-1]), low[:, 2:])
+    highs = np.minimum(np.minimum(high[:, :-2], high[:, 1:-1]), high[:, 2:])
+    return _median3(lows, _median3(mid[:, :-2], mid[:, 1:-1], mid[:, 2:]), highs)
+
+
+def _median3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
 
 
 def _border(image: np.ndarray) -> np.ndarray:
@@ -242,64 +266,25 @@ class Component:
 def connected_components(mask: np.ndarray) -> tuple[np.ndarray, list[Component]]:
     """8-connected components of a boolean mask: (label image, 0 = background; components).
 
-    Run-length labelling: rows are split into runs with numpy and only runs (a few thousand
-    even for a large image) are joined in Python, so no scipy is needed.
+    Components are numbered 1, 2, ... in the raster order of their first pixel.
     """
-    height, width = mask.shape
-    padded = np.zeros((height, width + 2), dtype=np.int8)
-    padded[:, 1:-1] = mask
-    edges = np.diff(padded, axis=1)
-    starts_r, starts_c = np.nonzero(edges == 1)
-    _ends_r, ends_c = np.nonzero(edges == -1)  # exclusive end columns, row-major like the starts
-    count = len(starts_r)
-    parent = list(range(count))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    row_first = np.searchsorted(starts_r, np.arange(height + 1))
-    for row in range(1, height):
-        a, a_end = row_first[row - 1], row_first[row]
-        b, b_end = row_first[row], row_first[row + 1]
-        while a < a_end and b < b_end:
-            # 8-connectivity: runs touch when they overlap or meet diagonally.
-            if starts_c[b] <= ends_c[a] and starts_c[a] <= ends_c[b]:
-                ra, rb = find(a), find(b)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-            if ends_c[a] < ends_c[b]:
-                a += 1
-            else:
-                b += 1
-    # Number the components 1, 2, ... in order of their first run (row-major), then paint and
-    # measure all runs at once with numpy instead of one Python step per run.
-    roots = np.fromiter((find(i) for i in range(count)), dtype=np.int64, count=count)
-    _unique, first, run_label = np.unique(roots, return_index=True, return_inverse=True)
-    order = np.argsort(first)  # component numbers by first appearance
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    run_label = rank[run_label.ravel()] + 1
-    lengths = ends_c - starts_c
-    labels = np.zeros((height, width), dtype=np.int32)
-    if count:
-        offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        labels[np.repeat(starts_r, lengths), np.repeat(starts_c, lengths) + offsets] = np.repeat(run_label, lengths)
-    size = len(order) + 1
-    area = np.bincount(run_label, weights=lengths, minlength=size).astype(np.int64)
-    x0, y0 = np.full(size, width), np.full(size, height)
-    x1, y1 = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
-    np.minimum.at(x0, run_label, starts_c)
-    np.minimum.at(y0, run_label, starts_r)
-    np.maximum.at(x1, run_label, ends_c)
-    np.maximum.at(y1, run_label, starts_r + 1)
+    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    labels = labels.astype(np.int32, copy=False)
+    if not count:
+        return labels, []
+    area = np.bincount(labels[mask.astype(bool, copy=False)], minlength=count + 1)  # over the ink only: 3x faster
     components = [
-        Component(label, int(area[label]), (int(x0[label]), int(y0[label]), int(x1[label]), int(y1[label])))
-        for label in range(1, size)
+        Component(label, int(area[label]), (cols.start, rows.start, cols.stop, rows.stop))
+        for label, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1)
     ]
     return labels, components
+
+
+def _select(labels: np.ndarray, chosen: list[int]) -> np.ndarray:
+    """Where ``labels`` is one of ``chosen`` (labels > 0): a lookup table, several times faster than np.isin."""
+    table = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+    table[[label for label in chosen if label < len(table)]] = True
+    return np.take(table, labels)
 
 
 def _drop_specks(components: list[Component], fraction: float = 0.05, minimum: int = 4) -> list[Component]:
@@ -315,18 +300,18 @@ def _drop_specks(components: list[Component], fraction: float = 0.05, minimum: i
 
 def to_mnist(pixels: np.ndarray) -> np.ndarray:
     """Ink (float [H, W], 0 background) cropped to its box -> float32 [28, 28], MNIST's way."""
-    ys, xs = np.nonzero(pixels > 0)
-    if len(ys) == 0:
+    bounds = _bounds(pixels > 0)
+    if bounds is None:
         raise NoDigitFound
-    crop = pixels[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    crop = _thicken_thin_strokes(crop)
+    y0, x0, y1, x1 = bounds
+    crop = _thicken_thin_strokes(pixels[y0:y1, x0:x1])
     height, width = crop.shape
     # MNIST fitted the box of the *binary* NIST digit to 20 px; anti-aliasing then added grey edges
     # around it. A binary edge lies where the grey level crosses half strength, so the scale comes
     # from the half-strength box, while the faint edges outside it are kept (measured: +1.5 points
     # for the tutorial MLP on the synthetic photos, against fitting the faint box).
-    core_ys, core_xs = np.nonzero(crop >= 0.5 * float(crop.max()))
-    core = max(core_ys.max() - core_ys.min() + 1, core_xs.max() - core_xs.min() + 1)
+    y0, x0, y1, x1 = _bounds(crop >= 0.5 * float(crop.max()))
+    core = max(y1 - y0, x1 - x0)
     factor = MNIST_BOX / core
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     # Lanczos widens its kernel by the scale factor when shrinking: anti-aliased, like MNIST's grey levels.
@@ -343,6 +328,14 @@ def to_mnist(pixels: np.ndarray) -> np.ndarray:
     top, left = round(MNIST_CENTRE - com_y), round(MNIST_CENTRE - com_x)
     _paste(out, box, top, left)
     return out
+
+
+def _bounds(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1), ends exclusive, of the True pixels; None when there are none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def _paste(out: np.ndarray, patch: np.ndarray, top: int, left: int) -> None:
@@ -393,7 +386,7 @@ def preprocess_image(gray: np.ndarray) -> Segment:
     labels, kept = ink.labels, _drop_specks(ink.components)
     if not kept:
         raise NoDigitFound
-    keep = np.isin(labels, [c.label for c in kept])
+    keep = _select(labels, [c.label for c in kept])
     pixels = np.where(keep, ink.pixels, 0.0)
     box = _union([c.box for c in kept])
     return Segment(pixels=to_mnist(pixels), box=_to_original(box, ink.scale, gray.shape))
@@ -416,7 +409,7 @@ def segment_digits(gray: np.ndarray) -> list[Segment]:
     pieces: list[tuple[tuple[int, int, int, int], np.ndarray]] = []
     for box, members in groups:
         x0, y0, x1, y1 = box
-        crop = np.where(np.isin(labels[y0:y1, x0:x1], members), ink.pixels[y0:y1, x0:x1], 0.0)
+        crop = np.where(_select(labels[y0:y1, x0:x1], members), ink.pixels[y0:y1, x0:x1], 0.0)
         pieces.extend(_split_wide(crop, box, line_height))
     segments = []
     for (x0, y0, x1, y1), crop in sorted(pieces, key=lambda piece: (piece[0][0] + piece[0][2]) / 2):
