@@ -15,7 +15,7 @@ def live_server(app) -> Iterator[str]:
 
     from mnist_nn.serve.server import bind
 
-    sock = bind("127.0.0.1", 0)
+    [sock] = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -381,6 +381,11 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     serve.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="where to run (default: cpu)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port (default: one per CPU core, at most 4, on the CPU under Linux; else 1)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -396,7 +401,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     from .serve import run
 
-    run(args.checkpoint, host=args.host, port=args.port, device=args.device)
+    run(args.checkpoint, host=args.host, port=args.port, device=args.device, workers=args.workers)
     return 0
 
 

@@ -11,6 +11,7 @@ other than JSON or multipart 415, a malformed body or a wrong shape 422.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from PIL import Image, ImageDraw
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -361,6 +363,29 @@ def _is_small(kind: str, body: bytes) -> bool:
         return True
     pixels = image_pixels(body)
     return pixels is None or pixels <= INLINE_MAX_PIXELS  # an unreadable image fails fast either way
+
+
+def warm_up(predictor: Predictor) -> list[str | int]:
+    """Answer a drawing, 28x28 pixels and a file that is no image once, before serving.
+
+    The first request of each kind would otherwise pay for lazy imports and first calls (Pillow's
+    format plug-ins, the first forward pass): 10-30 ms, in each worker process. Done before the
+    workers are forked, it is paid once. Returns each answer's status (a label's "ok", or the 4xx).
+    """
+    drawing = Image.new("L", (112, 112), 255)
+    ImageDraw.Draw(drawing).line([(56, 14), (56, 98)], fill=0, width=8)
+    buffer = io.BytesIO()
+    drawing.save(buffer, format="PNG")
+    pixels = json.dumps({"pixels": (255 - np.asarray(drawing.resize((MNIST_SIZE, MNIST_SIZE)))).tolist()}).encode()
+    statuses: list[str | int] = []
+    for kind, body in (("multipart/form-data", buffer.getvalue()), ("application/json", pixels), ("", b"no image")):
+        try:
+            statuses.append(
+                _answer(predictor, kind or "multipart/form-data", body, "warm-up", True, MAX_PIXELS)["status"]
+            )
+        except HTTPException as exc:
+            statuses.append(exc.status_code)
+    return statuses
 
 
 def _answer(predictor: Predictor, kind: str, body: bytes, name: str, preprocess: bool, max_pixels: int) -> dict:
