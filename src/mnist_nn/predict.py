@@ -126,6 +126,8 @@ class Predictor:
             raise ValueError(f"expected pixels of shape [N, 28, 28], got {list(tensor.shape)}")
         chunks = []
         with torch.inference_mode():
+            if 0 < len(tensor) <= batch_size:  # one batch (a served request): no list, no copy into a new tensor
+                return self.pixel_model(tensor.to(self.device)).float().softmax(1).cpu()
             for start in range(0, len(tensor), batch_size):
                 batch = tensor[start : start + batch_size].to(self.device)
                 chunks.append(self.pixel_model(batch).float().softmax(1).cpu())
