@@ -190,11 +190,12 @@ def profile_table(results: Path, chinese: bool) -> str:
 
 def load_table(results: Path, chinese: bool) -> str:
     header = (
-        "| 请求 | 客户端 | 请求数 | 吞吐量 | p50 | p99 | 错误 | 畸形请求的状态码 |"
+        "| 请求 | 服务进程 | 客户端 | 请求数 | 吞吐量 | p50 | p99 | 各轮 p99 | 错误 | 畸形请求的状态码 |"
         if chinese
-        else "| requests | clients | requests in all | throughput | p50 | p99 | errors | statuses of the malformed |"
+        else "| requests | server processes | clients | requests in all | throughput | p50 | p99 | p99 of each run "
+        "| errors | statuses of the malformed |"
     )
-    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     names = ["load.json", "load-json.json", "load-malformed.json", "load-json-malformed.json"]
     for name in names:
         path = results / name
@@ -210,14 +211,23 @@ def load_table(results: Path, chinese: bool) -> str:
                 statuses[status] = statuses.get(status, 0) + count
         shown = ", ".join(f"{count} × {status}" for status, count in sorted(statuses.items())) or "–"
         lat = d["latency_ms"]
+        # Results from before --workers and --repeats: one process, one run.
+        runs = d.get("runs") or [{"p99": lat["p99"]}]
+        each = ", ".join(f"{run['p99']:.1f}" for run in runs)
         lines.append(
-            f"| {kind} | {d['clients']} | {d['requests']:,} | {d['throughput_rps']:.0f}/s | {lat['p50']:.1f} ms | "
-            f"{lat['p99']:.1f} ms | {d['errors']} | {shown} |"
+            f"| {kind} | {d.get('server_workers') or 1} | {d['clients']} | {d['requests']:,} | "
+            f"{d['throughput_rps']:.0f}/s | {lat['p50']:.1f} ms | {lat['p99']:.1f} ms | {each} | {d['errors']} | "
+            f"{shown} |"
         )
     model = next((json.loads((results / n).read_text())["model"] for n in names if (results / n).exists()), None)
     note = ""
     if model:
-        note = f"\n\n模型：`{model}`。" if chinese else f"\n\nModel: `{model}`."
+        note = (
+            f"\n\n模型：`{model}`。每一行是同一个服务上连续几轮负载（`--repeats`）中 p99 居中的那一轮。"
+            if chinese
+            else f"\n\nModel: `{model}`. Each row is the run with the median p99 of several runs against one server "
+            "(`--repeats`)."
+        )
     return "\n".join(lines) + note + _machine_note(results, [n for n in names if (results / n).exists()][:1], chinese)
 
 

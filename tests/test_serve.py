@@ -478,6 +478,10 @@ def test_load_script_runs_end_to_end(random_checkpoint, tmp_path):
             "0.25",
             "--warmup",
             "2",
+            "--repeats",
+            "2",
+            "--workers",
+            "2",
             "--results",
             str(tmp_path),
         ],
@@ -493,4 +497,6 @@ def test_load_script_runs_end_to_end(random_checkpoint, tmp_path):
     assert data["errors"] == 0 and data["status_counts"]["200"] == 30
     assert sum(v for k, v in data["status_counts"].items() if k.startswith("4")) == 10
     assert data["throughput_rps"] > 0 and {"p50", "p99"} <= set(data["latency_ms"])
-    assert "requests/s" in done.stdout
+    assert data["repeats"] == 2 and len(data["runs"]) == 2 and data["server_workers"] == 2
+    assert data["latency_ms"]["p99"] == sorted(run["p99"] for run in data["runs"])[1]  # the worse of two
+    assert "run 2/2" in done.stdout and "on 2 worker processes" in done.stdout
