@@ -183,6 +183,21 @@ def test_default_workers_follow_the_cpus_and_stay_1_off_the_cpu(monkeypatch):
     assert default_workers() == 2
 
 
+def test_device_auto_without_a_gpu_serves_on_several_workers(random_checkpoint, monkeypatch):
+    import torch
+
+    from mnist_nn.serve import server as server_module
+
+    started = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch, "set_num_threads", lambda _n: None)  # this test process keeps its threads
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(server_module.Supervisor, "run", lambda self: started.append(len(self.sockets)))
+    monkeypatch.setattr(server_module, "_serve", lambda app, sock: started.append(1))
+    server_module.run(random_checkpoint, port=free_port(), device="auto")
+    assert started == [2]
+
+
 def test_warm_up_answers_each_kind_and_loads_the_format_plugins(random_checkpoint):
     """Run in a fresh interpreter: this one has long since loaded Pillow's plug-ins."""
     code = (

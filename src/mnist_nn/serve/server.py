@@ -110,11 +110,14 @@ def run(
     """
     import torch
 
+    from ..device import resolve_device
     from ..predict import Predictor
     from .app import create_app, warm_up
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be from 1 to 65535, got {port}")
+    if device == "auto":
+        device = resolve_device(device).type  # on a machine without a GPU: the CPU, and several workers
     workers = default_workers(device) if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be a positive integer, got {workers}")
