@@ -185,6 +185,17 @@ def test_median3x3_equals_pillows_median_filter():
         assert np.array_equal(median3x3(image), pillow)
 
 
+def test_median_is_numpys_to_the_bit():
+    from mnist_nn.preprocess import _median
+
+    rng = np.random.default_rng(0)
+    for i in range(2000):
+        values = (rng.random(int(rng.integers(1, 200))) * 255).astype(np.float32)
+        if i % 2:
+            values = np.round(values)  # ties, and halves between neighbours
+        assert _median(values) == float(np.median(values))
+
+
 def number_image(widths_and_gaps, height=60):
     """Bars as digits, left to right, with the given gaps; one piece '5-like' broken in two stacked parts."""
     width = sum(widths_and_gaps) + 40

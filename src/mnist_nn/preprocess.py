@@ -183,13 +183,13 @@ def extract_ink(gray: np.ndarray) -> Ink:
     if min(work.shape) >= 48:
         work = median3x3(work)
     ring = _border(work)
-    background = float(np.median(ring))
+    background = _median(ring)
     low, high = float(work.min()), float(work.max())
     # Polarity: the ink is whichever extreme lies further from the paper.
     inverted = (background - low) > (high - background)
     signal = (background - work) if inverted else (work - background)
     contrast = float(signal.max())
-    noise = 1.4826 * float(np.median(np.abs(ring - background)))  # robust sigma of the paper
+    noise = 1.4826 * _median(np.abs(ring - background))  # robust sigma of the paper
     if contrast < max(MIN_CONTRAST, 8.0 * noise):
         raise NoDigitFound
     # Hysteresis: ink is what rises above the low threshold and is connected to something above the
@@ -237,6 +237,19 @@ def median3x3(image: np.ndarray) -> np.ndarray:
 
 def _median3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+
+
+def _median(values: np.ndarray) -> float:
+    """``float(np.median(values))`` of a 1-D array, to the bit, without np.median's overhead (~30 us a call).
+
+    np.median partitions around the middle and averages the middle one or two values in the
+    array's dtype; (a + b) / 2 does the same (halving is exact in binary floating point).
+    """
+    middle = len(values) // 2
+    if len(values) % 2:
+        return float(np.partition(values, middle)[middle])
+    part = np.partition(values, (middle - 1, middle))
+    return float((part[middle - 1] + part[middle]) / 2)
 
 
 def _border(image: np.ndarray) -> np.ndarray:
