@@ -86,9 +86,14 @@ def average_log_probabilities(log_probabilities: Sequence[torch.Tensor]) -> torc
 
 
 def predict_log_probabilities(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 2000, tta: bool = False
+    model: nn.Module, images: torch.Tensor, batch_size: int = 64, tta: bool = False
 ) -> torch.Tensor:
-    """Log class probabilities [N, classes] on the CPU; with ``tta`` of the average over ``shifted_views``."""
+    """Log class probabilities [N, classes] on the CPU; with ``tta`` of the average over ``shifted_views``.
+
+    Small batches on purpose: a CNN's activations for 2,000 images are hundreds of MB, allocated
+    and returned to the system on every batch. With TTA over three cnn-best checkpoints on the CPU,
+    batches of 64 took 88 s where 2,000 took 159 s (half of it system time), with the same predictions.
+    """
     model.eval()
     chunks = []
     with torch.inference_mode():
