@@ -126,11 +126,11 @@ class Predictor:
             raise ValueError(f"expected pixels of shape [N, 28, 28], got {list(tensor.shape)}")
         chunks = []
         with torch.inference_mode():
-            if 0 < len(tensor) <= batch_size:  # one batch (a served request): no list, no copy into a new tensor
-                return self.pixel_model(tensor.to(self.device)).float().softmax(1).cpu()
             for start in range(0, len(tensor), batch_size):
                 batch = tensor[start : start + batch_size].to(self.device)
                 chunks.append(self.pixel_model(batch).float().softmax(1).cpu())
+        if len(chunks) == 1:  # one batch (every served request): no copy into a new tensor
+            return chunks[0]
         return torch.cat(chunks) if chunks else torch.zeros(0, len(self.labels))
 
     def read(self, probabilities: torch.Tensor, top_k: int = 3, threshold: float = 0.0) -> list[DigitReading]:

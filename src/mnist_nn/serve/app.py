@@ -379,12 +379,11 @@ def warm_up(predictor: Predictor) -> list[str | int]:
     buffer = io.BytesIO()
     drawing.save(buffer, format="PNG")
     pixels = json.dumps({"pixels": (255 - np.asarray(drawing.resize((MNIST_SIZE, MNIST_SIZE)))).tolist()}).encode()
+    requests = (("multipart/form-data", buffer.getvalue()), ("application/json", pixels), ("multipart/form-data", b"?"))
     statuses: list[str | int] = []
-    for kind, body in (("multipart/form-data", buffer.getvalue()), ("application/json", pixels), ("", b"no image")):
+    for kind, body in requests:
         try:
-            statuses.append(
-                _answer(predictor, kind or "multipart/form-data", body, "warm-up", True, MAX_PIXELS)["status"]
-            )
+            statuses.append(_answer(predictor, kind, body, "warm-up", True, MAX_PIXELS)["status"])
         except HTTPException as exc:
             statuses.append(exc.status_code)
     return statuses
