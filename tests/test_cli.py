@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -130,35 +131,65 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("kind", ["missing", "folder", "empty", "garbage", "truncated", "not_ours", "malicious"])
-def test_evaluate_refuses_bad_checkpoints(tmp_path, capsys, kind):
-    path = tmp_path / "model.pt"
-    marker = tmp_path / "payload-ran"
+BAD_CHECKPOINTS = {
+    "missing": "checkpoint {path} not found",
+    "folder": "is not a file",
+    "empty": "empty file (0 bytes), not a checkpoint",
+    "garbage": "not a PyTorch file",  # random bytes: neither the zip nor the pickle header
+    "markdown": "not a PyTorch file (it starts with b'# mnist-'",
+    "zip": "a zip archive, but not a PyTorch file",
+    "plain_pickle": "a Python pickle, not a PyTorch file",
+    "truncated": "truncated PyTorch file (its zip index is missing)",
+    "truncated_legacy": "truncated PyTorch file (it ends too early)",
+    "not_ours": "a PyTorch file, but not an mnist-nn checkpoint (it holds a dict with keys 'weights'",
+    "state_dict": "a PyTorch file, but not an mnist-nn checkpoint (it holds an OrderedDict with keys 'weight', 'bias'",
+    "malicious": "refused: not a plain mnist-nn checkpoint: it holds Python objects (posix.system)",
+    "malicious_torch": "refused: not a plain mnist-nn checkpoint: it holds Python objects (posix.system)",
+    "whole_module": "refused: not a plain mnist-nn checkpoint: it holds Python objects (torch.nn.modules.linear.",
+}
+
+
+def _write_bad_checkpoint(path: Path, kind: str, marker: Path) -> None:
     if kind == "folder":
         path.mkdir()
     elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "garbage":
-        path.write_bytes(os.urandom(4096))
+        path.write_bytes(b"\x00" + os.urandom(4095))
+    elif kind == "markdown":
+        path.write_bytes((Path(__file__).parents[1] / "README.md").read_bytes())
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "not a model")
+    elif kind == "plain_pickle":
+        path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
     elif kind == "truncated":
         torch.save({"format": "mnist-nn-checkpoint", "state_dict": {"w": torch.zeros(1000)}}, path)
         path.write_bytes(path.read_bytes()[:300])
+    elif kind == "truncated_legacy":
+        torch.save({"w": torch.zeros(1000)}, path, _use_new_zipfile_serialization=False)
+        path.write_bytes(path.read_bytes()[:300])
     elif kind == "not_ours":
-        torch.save({"weights": torch.zeros(3)}, path)
+        torch.save({"weights": torch.zeros(3), "step": 5}, path)
+    elif kind == "state_dict":
+        torch.save(torch.nn.Linear(2, 2).state_dict(), path)
     elif kind == "malicious":
         with open(path, "wb") as handle:
             pickle.dump(Payload(str(marker)), handle)
+    elif kind == "malicious_torch":
+        torch.save({"format": "mnist-nn-checkpoint", "x": Payload(str(marker))}, path)
+    elif kind == "whole_module":
+        torch.save(torch.nn.Linear(2, 2), path)
+
+
+@pytest.mark.parametrize("kind", list(BAD_CHECKPOINTS))
+def test_evaluate_refuses_bad_checkpoints(tmp_path, capsys, kind):
+    """Each way a file is not a usable checkpoint has its own one-line message, and no code in it runs."""
+    path = tmp_path / "model.pt"
+    marker = tmp_path / "payload-ran"
+    _write_bad_checkpoint(path, kind, marker)
     code, out, err = run_main(capsys, "evaluate", str(path), "--out", str(tmp_path / "eval"))
-    expected = {
-        "missing": "not found",
-        "folder": "is not a file",
-        "empty": "not a readable checkpoint",
-        "garbage": "checkpoint",  # random bytes fail as unreadable or as refused, both one line
-        "truncated": "not a readable checkpoint",
-        "not_ours": "not an mnist-nn checkpoint",
-        "malicious": "refused",
-    }[kind]
-    assert_one_line_error(code, err, expected)
+    assert_one_line_error(code, err, BAD_CHECKPOINTS[kind].format(path=path))
     assert not marker.exists()
     assert not (tmp_path / "eval").exists()
     assert out == ""

@@ -14,10 +14,13 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
+import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -87,22 +90,125 @@ def _save(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6: a zip archive holding archive/data.pkl
+# The pickled number torch.save's legacy (pre-1.6, or _use_new_zipfile_serialization=False) format starts with.
+LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+class _GlobalFound(Exception):
+    """Raised by _NoGlobals at the first class or function a pickle names: the name is the message."""
+
+
+class _NoGlobals(pickle.Unpickler):
+    """An unpickler that refuses every class and function (the restricted unpickler of Python's pickle docs).
+
+    Objects can only be built by calling a class or function named in the pickle, so a pickle
+    this loads is plain data, and one it refuses never got to call anything.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise _GlobalFound(f"{module}.{name}")
+
+
 def _read_payload(path: Path, what: str) -> Any:
+    """torch.load with ``weights_only=True``, each way of failing told apart in one line.
+
+    The file's first bytes decide what it is before torch reads it: torch's own errors call a
+    Markdown file "unsupported operand" and a truncated zip "an internal miniz error", and advise
+    weights_only=False, which would run the file's code: never.
+    """
     if not path.is_file():
         raise UserError(f"{what} {path} not found" if not path.exists() else f"{what} {path} is not a file")
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+    _check_container(path, what, head)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol notes; the errors below say it all
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False, which would run the file's code: never.
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        culprit = f" ({found.group(1)})" if found else ""
         raise UserError(
-            f"{path}: refused: not a plain mnist-nn {what} (it holds objects other than tensors and "
-            "plain data, which could run code when loaded)"
+            f"{path}: refused: not a plain mnist-nn {what}: it holds Python objects{culprit} other than tensors "
+            "and plain data, which could run code when loaded"
         ) from None
-    except Exception as exc:  # arbitrary bytes make the unpickler fail in arbitrary ways
+    except EOFError:
+        raise UserError(f"{path}: truncated PyTorch file (it ends too early); copy or save the {what} again") from None
+    except Exception as exc:  # damaged bytes inside a well-formed container fail in arbitrary ways
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable {what} (corrupt or truncated: {reason[:160]})") from None
+        raise UserError(f"{path}: corrupt PyTorch file, not a readable {what} ({reason[:160]})") from None
+
+
+def _check_container(path: Path, what: str, head: bytes) -> None:
+    """Refuse, before torch reads it, a file that is empty, cut short, or not a PyTorch file at all."""
+    if not head:
+        raise UserError(f"{path}: empty file (0 bytes), not a {what}: truncated, or never written completely")
+    if head.startswith(ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            # The zip's index is at its end: a cut-short copy or interrupted write loses it first.
+            raise UserError(
+                f"{path}: truncated PyTorch file (its zip index is missing); copy or save the {what} again"
+            ) from None
+        if not any(name.endswith("data.pkl") for name in names):
+            raise UserError(f"{path}: a zip archive, but not a PyTorch file, so not an mnist-nn {what}")
+        return
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocols 2-5
+        if LEGACY_MAGIC not in head:
+            _refuse_plain_pickle(path, what)
+        if _legacy_cut_short(path):
+            raise UserError(f"{path}: truncated PyTorch file (it ends too early); copy or save the {what} again")
+        return
+    raise UserError(
+        f"{path}: not a PyTorch file (it starts with {head[:8]!r}, not the zip or pickle header torch.save "
+        f"writes), so not an mnist-nn {what}"
+    )
+
+
+def _legacy_cut_short(path: Path) -> bool:
+    """Whether a legacy-format file ends inside its four leading pickles (read as opcodes: nothing runs).
+
+    Cut short, its last opcode is a partial class name that torch's unpickler would refuse as foreign code.
+    """
+    with open(path, "rb") as handle:
+        try:
+            for _ in range(4):  # magic number, protocol version, system info, then the saved object
+                for _ in pickletools.genops(handle):
+                    pass
+        except ValueError:  # "pickle exhausted before seeing STOP", or an argument cut short
+            return True
+    return False
+
+
+def _refuse_plain_pickle(path: Path, what: str) -> NoReturn:
+    """A pickle.dump file, not torch.save: name the code it would run, if any, without running it."""
+    try:
+        with open(path, "rb") as handle:
+            _NoGlobals(handle).load()
+    except _GlobalFound as found:
+        raise UserError(
+            f"{path}: refused: not a plain mnist-nn {what}: it holds Python objects ({found}) other than tensors "
+            "and plain data, which could run code when loaded"
+        ) from None
+    except Exception:  # a damaged or cut-short pickle: still not ours, and nothing was called
+        pass
+    raise UserError(f"{path}: a Python pickle, not a PyTorch file, so not an mnist-nn {what}")
+
+
+def _describe(payload: Any) -> str:
+    """What a foreign PyTorch file holds, in a few words: "a dict with keys 'weights', 'step'"."""
+    name = type(payload).__name__
+    kind = ("an " if name[0] in "AEIOUaeiou" else "a ") + name
+    if not isinstance(payload, dict):
+        return kind
+    if not payload:
+        return f"{kind}, empty"
+    keys = ", ".join(repr(key) for key in list(payload)[:4]) + (", ..." if len(payload) > 4 else "")
+    bare = all(isinstance(value, torch.Tensor) for value in payload.values())
+    return f"{kind} with keys {keys}" + (": a bare state_dict?" if bare else "")
 
 
 def _check_version(path: Path, payload: dict[str, Any], what: str, expected: int) -> None:
@@ -135,7 +241,7 @@ def load_checkpoint(
         _check_version(path, payload, "training state", STATE_FORMAT_VERSION)
         payload = _state_as_checkpoint(path, payload)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path}: not an mnist-nn checkpoint")
+        raise UserError(f"{path}: a PyTorch file, but not an mnist-nn checkpoint (it holds {_describe(payload)})")
     _check_version(path, payload, "checkpoint", FORMAT_VERSION)
     try:
         model_name = payload["model"]["name"]
@@ -206,7 +312,7 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
         kind = (
             "a model checkpoint, not a training state"
             if isinstance(payload, dict) and payload.get("format") == FORMAT
-            else "not an mnist-nn training state"
+            else f"a PyTorch file, but not an mnist-nn training state (it holds {_describe(payload)})"
         )
         raise UserError(f"{path}: {kind}")
     _check_version(path, payload, "training state", STATE_FORMAT_VERSION)
