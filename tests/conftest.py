@@ -99,22 +99,13 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory) -> Path:
     """An untrained tutorial-MLP checkpoint for MNIST: no data or training needed."""
-    from mnist_nn.checkpoint import save_checkpoint
+    from mnist_nn.checkpoint import CheckpointMeta, save_checkpoint
     from mnist_nn.models import build_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("random") / "model.pt"
-    save_checkpoint(
-        path,
-        build_model("tutorial-mlp"),
-        model_name="tutorial-mlp",
-        model_kwargs={"hidden": [128, 256, 128, 64]},
-        dataset="mnist",
-        mean=0.1307,
-        std=0.3081,
-        recipe={},
-        metrics={"test_accuracy": 0.1},
-    )
+    meta = CheckpointMeta("tutorial-mlp", {"hidden": [128, 256, 128, 64]}, "mnist", 0.1307, 0.3081, recipe={})
+    save_checkpoint(path, build_model("tutorial-mlp"), meta, metrics={"test_accuracy": 0.1})
     return path
 
 

@@ -23,7 +23,8 @@ import torch
 from conftest import toy_spec
 from mnist_nn.checkpoint import load_train_state
 from mnist_nn.cli import main
-from mnist_nn.distributed import CPUSyncBatchNorm, shard_bounds
+from mnist_nn.distributed import shard_bounds
+from mnist_nn.models import CPUSyncBatchNorm
 from test_reliability import assert_same_run
 
 TOY_SPEC = toy_spec("toy")

@@ -3,8 +3,8 @@
 Two kinds of file, both saved atomically and loaded with ``weights_only=True``
 so a file can hold only tensors and plain containers, never code to run:
 
-- ``model.pt`` (``save_checkpoint``): the weights a user evaluates, with model, data and recipe metadata.
-- ``state.pt`` (``save_train_state``): everything the training loop needs to continue bitwise-identically
+- ``model.pt`` (``save_checkpoint``): the weights a user evaluates, with their ``CheckpointMeta``.
+- ``state.pt`` (``TrainState``): everything the training loop needs to continue bitwise-identically
   (weights, optimizer, EMA, RNG states, position, history); ``load_checkpoint`` also accepts it, so the
   last good state of an interrupted or diverged run can be evaluated like a finished model.
 """
@@ -18,9 +18,9 @@ import pickletools
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import torch
 from torch import nn
@@ -37,49 +37,166 @@ STATE_FORMAT_VERSION = 1
 
 
 @dataclass
-class Checkpoint:
-    """A loaded checkpoint: the rebuilt model and its metadata."""
+class CheckpointMeta:
+    """What a ``model.pt`` says about its weights (every ``state.pt`` carries it too): enough to rebuild
+    the model and to feed it inputs normalized as in training."""
 
-    path: Path
-    model: nn.Module
     model_name: str
     model_kwargs: dict[str, Any]
     dataset: str
     mean: float
     std: float
     recipe: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": {"name": self.model_name, "kwargs": self.model_kwargs},
+            "dataset": self.dataset,
+            "normalization": {"mean": self.mean, "std": self.std},
+            "recipe": self.recipe,
+            "mnist_nn_version": __version__,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> CheckpointMeta:
+        """Raises KeyError, TypeError or ValueError for a field that is missing or of the wrong kind."""
+        normalization = payload["normalization"]
+        return cls(
+            model_name=payload["model"]["name"],
+            model_kwargs=dict(payload["model"]["kwargs"]),
+            dataset=payload["dataset"],
+            mean=float(normalization["mean"]),
+            std=float(normalization["std"]),
+            recipe=payload["recipe"],
+        )
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model and its metadata."""
+
+    path: Path
+    model: nn.Module
+    meta: CheckpointMeta
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return self.meta.model_name
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return self.meta.model_kwargs
+
+    @property
+    def dataset(self) -> str:
+        return self.meta.dataset
+
+    @property
+    def mean(self) -> float:
+        return self.meta.mean
+
+    @property
+    def std(self) -> float:
+        return self.meta.std
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        return self.meta.recipe
 
 
 def save_checkpoint(
-    path: str | os.PathLike,
-    model: nn.Module,
-    *,
-    model_name: str,
-    model_kwargs: dict[str, Any],
-    dataset: str,
-    mean: float,
-    std: float,
-    recipe: dict[str, Any],
-    metrics: dict[str, Any] | None = None,
+    path: str | os.PathLike, model: nn.Module, meta: CheckpointMeta, metrics: dict[str, Any] | None = None
 ) -> Path:
+    """Write ``model.pt``: the weights (on the CPU), their metadata and ``metrics``, atomically."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "mnist_nn_version": __version__,
-        "model": {"name": model_name, "kwargs": model_kwargs},
-        "dataset": dataset,
-        "normalization": {"mean": mean, "std": std},
-        "recipe": recipe,
+        **meta.to_dict(),
         "metrics": metrics or {},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     return _save(path, payload)
 
 
-def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write a resumable training state (see ``trainer.train``); the previous file stays until this one is complete."""
-    return _save(path, {"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, **state})
+@dataclass
+class Position:
+    """Where a run stands: ``batch`` batches of ``epoch`` done (0: the epoch has not started), ``step``
+    optimizer steps in all, and whether the run has ``finished``."""
+
+    epoch: int
+    batch: int
+    step: int
+    finished: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "finished": self.finished}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> Position:
+        return cls(
+            epoch=int(payload["epoch"]),
+            batch=int(payload["batch"]),
+            step=int(payload["step"]),
+            finished=bool(payload["finished"]),
+        )
+
+
+@dataclass
+class TrainState:
+    """``state.pt``: everything the training loop needs to continue bitwise-identically from ``position``.
+
+    ``ranks`` holds each process's random streams and running loss after a data-parallel run (None after
+    one process); ``rng`` and ``loss_sum`` are rank 0's streams and the running loss over all ranks.
+    ``best`` is the best validation epoch so far: {"accuracy", "epoch", "state" (its weights, or None)}.
+    """
+
+    checkpoint: CheckpointMeta
+    recipe: dict[str, Any]
+    config: dict[str, Any]
+    options: dict[str, Any]  # checkpoint_every, deterministic, sync_bn: kept by a resumed run
+    position: Position
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    ema: dict[str, Any] | None
+    rng: dict[str, Any]
+    loss_sum: torch.Tensor
+    ranks: list[dict[str, Any]] | None
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    train_seconds: float
+    epoch_seconds: float
+
+    # Written since the first format version but not by every release of it: absent means None.
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("ranks",)
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = {name: getattr(self, name) for name in self.field_names()}
+        return {**payload, "checkpoint": self.checkpoint.to_dict(), "position": self.position.to_dict()}
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> TrainState:
+        """Raises KeyError, TypeError or ValueError for a field that is missing or of the wrong kind."""
+        values = {name: payload.get(name) for name in cls.field_names()}
+        values["checkpoint"] = CheckpointMeta.from_dict(payload["checkpoint"])
+        values["position"] = Position.from_dict(payload["position"])
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically: the previous file stays until this one is complete."""
+        return _save(path, {"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, **self.to_dict()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainState:
+        """Load and check a ``state.pt``; every failure is a UserError."""
+        try:
+            return cls.from_dict(load_train_state(path))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{path}: incomplete mnist-nn training state (missing or bad {exc})") from None
 
 
 def _save(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -244,29 +361,15 @@ def load_checkpoint(
         raise UserError(f"{path}: a PyTorch file, but not an mnist-nn checkpoint (it holds {_describe(payload)})")
     _check_version(path, payload, "checkpoint", FORMAT_VERSION)
     try:
-        model_name = payload["model"]["name"]
-        model_kwargs = dict(payload["model"]["kwargs"])
-        normalization = payload["normalization"]
-        mean, std = float(normalization["mean"]), float(normalization["std"])
-        dataset, recipe, state_dict = payload["dataset"], payload["recipe"], payload["state_dict"]
+        meta, state_dict = CheckpointMeta.from_dict(payload), payload["state_dict"]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: incomplete mnist-nn checkpoint (missing or bad {exc})") from None
-    if expect_dataset is not None and dataset != expect_dataset:
-        raise UserError(f"{path}: a checkpoint for {dataset}, not {expect_dataset}")
-    model = build_model(model_name, **model_kwargs)
-    load_weights(model, state_dict, path, model_name)
+    if expect_dataset is not None and meta.dataset != expect_dataset:
+        raise UserError(f"{path}: a checkpoint for {meta.dataset}, not {expect_dataset}")
+    model = build_model(meta.model_name, **meta.model_kwargs)
+    load_weights(model, state_dict, path, meta.model_name)
     model.to(device).eval()
-    return Checkpoint(
-        path=path,
-        model=model,
-        model_name=model_name,
-        model_kwargs=model_kwargs,
-        dataset=dataset,
-        mean=mean,
-        std=std,
-        recipe=recipe,
-        metrics=payload.get("metrics", {}),
-    )
+    return Checkpoint(path=path, model=model, meta=meta, metrics=payload.get("metrics", {}))
 
 
 def _state_as_checkpoint(path: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -286,26 +389,8 @@ def _state_as_checkpoint(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-STATE_KEYS = (
-    "checkpoint",
-    "recipe",
-    "config",
-    "options",
-    "position",
-    "model",
-    "optimizer",
-    "ema",
-    "rng",
-    "loss_sum",
-    "history",
-    "best",
-    "train_seconds",
-    "epoch_seconds",
-)
-
-
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and check a ``state.pt`` written by ``save_train_state``; every failure is a UserError."""
+    """The checked contents of a ``state.pt`` as written (``TrainState.load`` makes a TrainState of them)."""
     path = Path(path)
     payload = _read_payload(path, "training state")
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
@@ -316,7 +401,7 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
         )
         raise UserError(f"{path}: {kind}")
     _check_version(path, payload, "training state", STATE_FORMAT_VERSION)
-    missing = [key for key in STATE_KEYS if key not in payload]
+    missing = [key for key in TrainState.field_names() if key not in payload and key not in TrainState.OPTIONAL]
     if missing:
         raise UserError(f"{path}: incomplete mnist-nn training state (missing {', '.join(missing)})")
     return payload

@@ -18,11 +18,9 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .evaluate import Evaluation
 
 BACKEND_CHOICES = ("auto", "gloo", "nccl")
 T = TypeVar("T")
@@ -103,6 +101,36 @@ class Context:
         boxes: list[Any] | None = [None] * self.world_size if self.is_main() else None
         dist.gather_object(value, boxes, dst=0, group=self.control)
         return boxes
+
+    def slice_of(self, size: int) -> tuple[int, int]:
+        """Rows [start, stop) of ``size`` rows that this process takes (all of them for one process)."""
+        return shard_bounds(size, self.rank, self.world_size)
+
+    def shard(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This process's contiguous shard of a global batch (the same permutation on every rank)."""
+        if not self.enabled:
+            return tensors
+        start, stop = self.slice_of(len(tensors[0]))
+        return tuple(tensor[start:stop] for tensor in tensors)
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (batch-norm running statistics) on every rank.
+
+        DDP copies them from rank 0 at the start of each forward, so after the last step of an epoch (and
+        in an EMA of them) each rank holds its own: made equal before a sharded evaluation or a save.
+        """
+        if self.enabled:
+            for buffer in model.buffers():
+                dist.broadcast(buffer.data, src=0)
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The module the training step runs: DDP around ``model`` (sharing its parameters) for several
+        processes, ``model`` itself for one. DDP starts by broadcasting rank 0's weights."""
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     def run_on_main(self, action: Callable[[], T]) -> T:
         """``action`` on rank 0 alone, its result broadcast; if it raises, rank 0 re-raises and the
@@ -248,140 +276,20 @@ def check_batch_size(batch_size: int, world_size: int) -> None:
         )
 
 
-# ---------------------------------------------------------------------- evaluation
+class ShardLoss:
+    """The training loss under DDP, from this rank's shard of a global batch of ``batch_size``.
 
-
-def evaluate_sharded(
-    context: Context,
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
-    *,
-    gather: bool = False,
-) -> Evaluation:
-    """Each rank scores its contiguous slice; the summed losses and correct counts are all-reduced.
-
-    Loss and accuracy are the whole split's on every rank. With ``gather``, rank 0 also receives every
-    slice's logits (for the figures of the final test); otherwise ``logits``/``labels`` hold this rank's slice.
-    """
-    start, stop = shard_bounds(len(labels), context.rank, context.world_size)
-    was_training = model.training
-    model.eval()
-    chunks = []
-    with torch.inference_mode():
-        for first in range(start, stop, batch_size):
-            chunks.append(model(images[first : min(first + batch_size, stop)]).float())
-        logits = torch.cat(chunks) if chunks else torch.zeros(0, 10, device=images.device)
-        mine = labels[start:stop]
-        totals = torch.stack(
-            [F.cross_entropy(logits, mine, reduction="sum").double(), (logits.argmax(1) == mine).sum().double()]
-        )
-    model.train(was_training)
-    context.all_reduce_sum(totals)
-    loss_sum, correct = totals.tolist()
-    count = max(1, len(labels))
-    logits, mine = logits.cpu(), mine.cpu()
-    if gather:
-        pieces = context.gather_objects((logits, mine))
-        if pieces is not None:
-            logits, mine = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
-    return Evaluation(loss=loss_sum / count, accuracy=correct / count, logits=logits, labels=mine)
-
-
-def broadcast_buffers(context: Context, model: nn.Module) -> None:
-    """Rank 0's buffers (batch-norm running statistics) on every rank.
-
-    DDP copies them from rank 0 at the start of each forward, so after the last step of an epoch (and
-    in an EMA of them) each rank holds its own: made equal before a sharded evaluation or a save.
-    """
-    if context.enabled:
-        for buffer in model.buffers():
-            dist.broadcast(buffer.data, src=0)
-
-
-# ---------------------------------------------------------------------- synchronized batch norm
-
-
-class _SumOverRanks(torch.autograd.Function):
-    """All-reduce (sum) with a gradient: the gradient of every rank's loss flows back to each rank's input."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
-        total = tensor.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        total = grad.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
-
-
-class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Batch norm whose training statistics are those of the global batch, on any device.
-
-    PyTorch's ``nn.SyncBatchNorm`` runs only on GPUs; this one all-reduces each channel's count, sum
-    and sum of squares (one all-reduce per layer per step, differentiable: ``_SumOverRanks``) and
-    normalizes with them, so an N-process run normalizes as a one-process run with the same global
-    batch (up to rounding: the variance is E[x^2] - E[x]^2 here, two passes in batch norm). Its state
-    dict is batch norm's: checkpoints load into the plain model.
+    Each rank sums its shard's losses and scales by world size / global batch: DDP's gradient average
+    is then the gradient of the mean over the whole global batch, as with one process. The second value
+    returned is this rank's share of that mean: the ranks' shares add up to the global batch's loss.
     """
 
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+    def __init__(self, label_smoothing: float, world_size: int) -> None:
+        self.summed = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="sum")
+        self.world_size = world_size
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(input)
-        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
-            return super().forward(input)
-        dims = [0, *range(2, input.dim())]
-        count = torch.full((1,), input.numel() // max(1, input.shape[1]), dtype=input.dtype, device=input.device)
-        local = torch.cat([input.sum(dims), (input * input).sum(dims), count])
-        channels = input.shape[1]
-        total = _SumOverRanks.apply(local)
-        n = total[-1]
-        mean = total[:channels] / n
-        var = (total[channels : 2 * channels] / n - mean * mean).clamp_min(0)
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                unbiased = var * (n / (n - 1).clamp_min(1))
-                self.running_mean.lerp_(mean.detach(), factor)
-                self.running_var.lerp_(unbiased.detach(), factor)
-        shape = [1, channels] + [1] * (input.dim() - 2)
-        output = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            output = output * self.weight.view(shape) + self.bias.view(shape)
-        return output
-
-
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Every batch-norm layer synchronized across processes: PyTorch's fused SyncBatchNorm on CUDA,
-    ``CPUSyncBatchNorm`` elsewhere."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _convert(model)
-
-
-def _convert(module: nn.Module) -> nn.Module:
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
-        synced = CPUSyncBatchNorm(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
-        )
-        anchor = next(iter(module.state_dict().values()), None)
-        if anchor is not None:
-            synced = synced.to(anchor.device)
-        synced.load_state_dict(module.state_dict())
-        synced.train(module.training)
-        return synced
-    for name, child in module.named_children():
-        module.add_module(name, _convert(child))
-    return module
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    def __call__(
+        self, logits: torch.Tensor, targets: torch.Tensor, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        share = self.summed(logits, targets) / batch_size
+        return share * self.world_size, share

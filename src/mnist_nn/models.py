@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from torch import nn
 
 from .errors import UserError
@@ -184,3 +186,86 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- synchronized batch norm
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) with a gradient: the gradient of every rank's loss flows back to each rank's input."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the global batch, on any device.
+
+    PyTorch's ``nn.SyncBatchNorm`` runs only on GPUs; this one all-reduces each channel's count, sum
+    and sum of squares (one all-reduce per layer per step, differentiable: ``_SumOverRanks``) and
+    normalizes with them, so an N-process run normalizes as a one-process run with the same global
+    batch (up to rounding: the variance is E[x^2] - E[x]^2 here, two passes in batch norm). Its state
+    dict is batch norm's: checkpoints load into the plain model.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
+            return super().forward(input)
+        dims = [0, *range(2, input.dim())]
+        count = torch.full((1,), input.numel() // max(1, input.shape[1]), dtype=input.dtype, device=input.device)
+        local = torch.cat([input.sum(dims), (input * input).sum(dims), count])
+        channels = input.shape[1]
+        total = _SumOverRanks.apply(local)
+        n = total[-1]
+        mean = total[:channels] / n
+        var = (total[channels : 2 * channels] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = var * (n / (n - 1).clamp_min(1))
+                self.running_mean.lerp_(mean.detach(), factor)
+                self.running_var.lerp_(unbiased.detach(), factor)
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        output = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            output = output * self.weight.view(shape) + self.bias.view(shape)
+        return output
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every batch-norm layer synchronized across processes: PyTorch's fused SyncBatchNorm on CUDA,
+    ``CPUSyncBatchNorm`` elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert(model)
+
+
+def _convert(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        synced = CPUSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        anchor = next(iter(module.state_dict().values()), None)
+        if anchor is not None:
+            synced = synced.to(anchor.device)
+        synced.load_state_dict(module.state_dict())
+        synced.train(module.training)
+        return synced
+    for name, child in module.named_children():
+        module.add_module(name, _convert(child))
+    return module

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_train_state
+from .checkpoint import TrainState
 from .errors import Interrupted, UserError
 from .recipes import Recipe
 
@@ -32,7 +32,7 @@ STATE_NAME = "state.pt"
 
 def open_resume(
     resume: str | os.PathLike, recipe: str | Recipe | None, out: str | os.PathLike | None, overrides: dict[str, Any]
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, TrainState]:
     """The run directory and its loaded state; a flag that would change the run is refused, not silently ignored."""
     path = Path(resume)
     run_dir = path.parent if path.is_file() else path
@@ -44,11 +44,11 @@ def open_resume(
             f"cannot resume {run_dir}: it holds no {STATE_NAME} (not a run directory, or stopped before its first "
             "checkpoint)"
         )
-    saved = load_train_state(state_path)
+    saved = TrainState.load(state_path)
     conflicts = []
     if out is not None and Path(out).resolve() != run_dir.resolve():
         conflicts.append(f"--out {out} (the run stays in {run_dir})")
-    saved_recipe = saved["recipe"] if isinstance(saved["recipe"], dict) else {}
+    saved_recipe = saved.recipe if isinstance(saved.recipe, dict) else {}
     if recipe is not None:
         name = recipe if isinstance(recipe, str) else recipe.name
         if name != saved_recipe.get("name") or (isinstance(recipe, Recipe) and recipe.to_dict() != saved_recipe):
