@@ -1,0 +1,232 @@
+"""The trainer's parts on their own: a step, the state's format, evaluation across processes, old runs."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import toy_spec, write_idx_dataset
+from mnist_nn.checkpoint import (
+    CheckpointMeta,
+    Position,
+    TrainState,
+    load_checkpoint,
+    load_train_state,
+    save_checkpoint,
+)
+from mnist_nn.cli import main
+from mnist_nn.distributed import Context
+from mnist_nn.errors import UserError
+from mnist_nn.evaluate import evaluate
+from mnist_nn.models import build_model
+from mnist_nn.prepare import plan_run
+from mnist_nn.trainer import RunOptions, Trainer
+
+OLD_RUNS = Path(__file__).resolve().parent / "data" / "ff70448"
+
+
+def _trainer(data: Path, out: Path, **overrides) -> Trainer:
+    options = RunOptions(data_dir=data, out=out, quiet=True)
+    settings = {"dataset": "toy", "model": "mlp", "model_kwargs": {"hidden": [32]}, "batch_size": 32, **overrides}
+    plan = plan_run(
+        None,
+        settings,
+        out=out,
+        resume=None,
+        checkpoint_every=None,
+        deterministic=None,
+        sync_bn=None,
+        tensorboard=False,
+        world_size=1,
+    )
+    return Trainer(plan, options, Context(), torch.device("cpu"), threads=1)
+
+
+def test_train_step_lowers_the_loss_and_counts_steps(toy_dataset, tmp_path):
+    trainer = _trainer(toy_dataset, tmp_path / "run", lr=0.01)
+    inputs, targets = trainer.data.train_x[:64], trainer.data.train_y[:64]
+    losses = [trainer.train_step(inputs, targets).item() for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert trainer.step == 30
+    assert trainer.loss_sum.item() == pytest.approx(sum(losses), rel=1e-5)
+
+
+def test_train_one_epoch_and_evaluate_on_toy_data(toy_dataset, tmp_path):
+    trainer = _trainer(toy_dataset, tmp_path / "run", lr=0.01, epochs=3)
+    before = trainer.evaluate()
+    losses = [trainer.train_one_epoch(epoch) for epoch in (1, 2, 3)]
+    after = trainer.evaluate()
+    assert trainer.step == 3 * trainer.batches == 3 * 19  # 600 images, batches of 32
+    assert losses[2] < losses[0]
+    assert after.loss < before.loss and after.accuracy > 0.9 > before.accuracy
+
+
+def test_a_diverging_step_is_caught_by_the_one_check(toy_dataset, tmp_path):
+    trainer = _trainer(toy_dataset, tmp_path / "run")
+    trainer.loss_sum += float("nan")
+    with pytest.raises(UserError, match=r"training diverged: .* epoch 2, batches 1-5 of 19 .* --lr 0\.00045"):
+        trainer.check_finite(2, 5)
+
+
+def test_run_options_split_from_recipe_overrides():
+    options, overrides = RunOptions.split(RunOptions(quiet=True), {"out": "x", "epochs": 3, "resume": None})
+    assert options == RunOptions(quiet=True, out="x") and overrides == {"epochs": 3}
+
+
+def _state() -> TrainState:
+    torch.manual_seed(0)
+    model = build_model("mlp", hidden=[8])
+    meta = CheckpointMeta("mlp", {"hidden": [8]}, "mnist", 0.1307, 0.3081, {"name": "tutorial"})
+    return TrainState(
+        checkpoint=meta,
+        recipe={"name": "tutorial", "epochs": 2},
+        config={"threads": 1},
+        options={"checkpoint_every": 0, "deterministic": False, "sync_bn": False},
+        position=Position(epoch=2, batch=7, step=30, finished=False),
+        model=model.state_dict(),
+        optimizer={"state": {}, "param_groups": []},
+        ema=None,
+        rng={"torch": torch.get_rng_state()},
+        loss_sum=torch.tensor(3.25),
+        ranks=None,
+        history=[{"epoch": 1, "train_loss": 0.5}],
+        best={"accuracy": 0.9, "epoch": 1, "state": None},
+        train_seconds=1.5,
+        epoch_seconds=0.25,
+    )
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_train_state_round_trips_through_dict_and_file(tmp_path):
+    state = _state()
+    assert _equal(TrainState.from_dict(state.to_dict()).to_dict(), state.to_dict())
+    state.save(tmp_path / "state.pt")
+    loaded = TrainState.load(tmp_path / "state.pt")
+    assert _equal(loaded.to_dict(), state.to_dict())
+    assert loaded.position == Position(2, 7, 30, False) and loaded.checkpoint == state.checkpoint
+    # The file's keys are the dataclass's: what is written is what is checked on reading.
+    raw = load_train_state(tmp_path / "state.pt")
+    assert set(raw) - {"format", "format_version"} == set(TrainState.field_names())
+    # A state.pt is also a checkpoint: its weights with its metadata.
+    checkpoint = load_checkpoint(tmp_path / "state.pt")
+    assert checkpoint.meta == state.checkpoint and checkpoint.metrics == {"epoch": 2, "batch": 7, "step": 30}
+
+
+def test_a_state_missing_a_field_is_one_line(tmp_path):
+    payload = _state().to_dict()
+    del payload["best"]
+    TrainState.from_dict({**payload, "best": {}})  # present, even if empty: fine
+    with pytest.raises(KeyError):
+        TrainState.from_dict({k: v for k, v in payload.items() if k != "position"})
+    torch.save({"format": "mnist-nn-train-state", "format_version": 1, **payload}, tmp_path / "state.pt")
+    with pytest.raises(UserError, match=r"incomplete mnist-nn training state \(missing best\)"):
+        TrainState.load(tmp_path / "state.pt")
+
+
+def test_checkpoint_meta_round_trips_through_model_pt(tmp_path):
+    state = _state()
+    model = build_model("mlp", hidden=[8])
+    save_checkpoint(tmp_path / "model.pt", model, state.checkpoint, metrics={"test_accuracy": 0.5})
+    loaded = load_checkpoint(tmp_path / "model.pt")
+    assert loaded.meta == state.checkpoint and loaded.metrics == {"test_accuracy": 0.5}
+    assert (loaded.model_name, loaded.mean, loaded.dataset) == ("mlp", 0.1307, "mnist")
+    assert CheckpointMeta.from_dict(state.checkpoint.to_dict()) == state.checkpoint
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.model.state_dict().values(), strict=True)
+    )
+
+
+# ---------------------------------------------------------------------- one loop, one or two processes
+
+
+def _evaluate_in_group(rank: int, world: int, init: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        model, images, labels = _evaluation_problem()
+        context = Context(rank=rank, world_size=world)
+        result = evaluate(model, images, labels, batch_size=7, context=context, gather=True)
+        if rank == 0:
+            torch.save({"loss": result.loss, "accuracy": result.accuracy, "logits": result.logits}, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _evaluation_problem() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    model = build_model("mlp", hidden=[16])
+    images = torch.randn(101, 1, 28, 28)  # 101: the two slices differ in size (50 and 51)
+    labels = torch.randint(0, 10, (101,))
+    return model, images, labels
+
+
+def test_evaluation_is_the_same_on_one_and_two_processes(tmp_path):
+    model, images, labels = _evaluation_problem()
+    one = evaluate(model, images, labels, batch_size=7)
+    context = multiprocessing.get_context("spawn")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    workers = [
+        context.Process(target=_evaluate_in_group, args=(rank, 2, init, str(tmp_path / "two.pt"))) for rank in (0, 1)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    two = torch.load(tmp_path / "two.pt")
+    assert two["accuracy"] == one.accuracy
+    assert two["loss"] == pytest.approx(one.loss, rel=1e-6)
+    assert torch.allclose(two["logits"], one.logits, atol=1e-6) and len(two["logits"]) == 101
+
+
+# ---------------------------------------------------------------------- runs written before the redesign
+
+
+@pytest.fixture
+def compat_dataset(tmp_path):
+    from mnist_nn.data import DATASETS, DatasetSpec, register_dataset
+
+    folder = write_idx_dataset(tmp_path / "toy", train=600, test=200)
+    register_dataset(DatasetSpec(**toy_spec("toy-compat")))
+    yield folder
+    DATASETS.pop("toy-compat", None)
+
+
+def _rows(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in lines]
+
+
+def test_a_run_stopped_by_the_old_trainer_resumes_to_its_uninterrupted_result(compat_dataset, tmp_path, capsys):
+    run = shutil.copytree(OLD_RUNS / "stopped", tmp_path / "stopped")
+    assert main(["train", "--resume", str(run), "--data-dir", str(compat_dataset)]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert _rows(run) == _rows(OLD_RUNS / "finished")
+    new, old = load_checkpoint(run / "model.pt"), load_checkpoint(OLD_RUNS / "finished" / "model.pt")
+    assert new.meta == old.meta
+    for a, b in zip(new.model.state_dict().values(), old.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpoints_written_by_the_old_trainer_load(compat_dataset, tmp_path, capsys):
+    for name in ("model.pt", "last.pt", "state.pt"):
+        checkpoint = load_checkpoint(OLD_RUNS / "finished" / name)
+        assert checkpoint.model_name == "mlp" and checkpoint.dataset == "toy-compat"
+    state = TrainState.load(OLD_RUNS / "finished" / "state.pt")
+    assert state.position == Position(epoch=4, batch=0, step=48, finished=True) and state.ranks is None
+    assert main(["evaluate", str(OLD_RUNS / "finished" / "model.pt"), "--data-dir", str(compat_dataset),
+                 "--out", str(tmp_path / "evaluation"), "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] == pytest.approx(1.0)
