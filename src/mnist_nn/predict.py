@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import UserError
+from .evaluate import model_outputs
 from .preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -124,14 +125,12 @@ class Predictor:
             tensor = tensor.unsqueeze(0)
         if tensor.dim() != 3 or tuple(tensor.shape[1:]) != (28, 28):
             raise ValueError(f"expected pixels of shape [N, 28, 28], got {list(tensor.shape)}")
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(tensor), batch_size):
-                batch = tensor[start : start + batch_size].to(self.device)
-                chunks.append(self.pixel_model(batch).float().softmax(1).cpu())
-        if len(chunks) == 1:  # one batch (every served request): no copy into a new tensor
-            return chunks[0]
-        return torch.cat(chunks) if chunks else torch.zeros(0, len(self.labels))
+
+        def score(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+            return model(batch.to(self.device)).float().softmax(1)
+
+        # One batch (every served request) is returned as it is, without a copy into a new tensor.
+        return model_outputs(self.pixel_model, tensor, batch_size, score, to_cpu=True)
 
     def read(self, probabilities: torch.Tensor, top_k: int = 3, threshold: float = 0.0) -> list[DigitReading]:
         """Turn probability rows into readings: best label, confidence, top-k, uncertain below ``threshold``."""
