@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "mnist_nn"
@@ -18,3 +19,33 @@ def test_no_function_in_the_package_is_longer_than_80_lines():
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(SOURCE)}:{node.lineno} {node.name} ({length} lines)")
     assert not too_long, too_long
+
+
+REPO = SOURCE.parents[1]
+DOCS = ("README.md", "README_Chinese.md", "docs/ARCHITECTURE.md")
+# `src/mnist_nn/trainer.py:Trainer.train_step`: a file and a function, class or method in it.
+REFERENCE = re.compile(r"`(src/mnist_nn/[\w/]+\.py):([\w.]+)`")
+
+
+def _qualified_names(path: Path) -> set[str]:
+    names: set[str] = set()
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(prefix + child.name)
+                if isinstance(child, ast.ClassDef):
+                    visit(child, f"{prefix}{child.name}.")
+
+    visit(ast.parse(path.read_text()), "")
+    return names
+
+
+def test_every_function_the_docs_name_exists():
+    found, missing = 0, []
+    for doc in DOCS:
+        for path, name in REFERENCE.findall((REPO / doc).read_text()):
+            found += 1
+            if not (REPO / path).is_file() or name not in _qualified_names(REPO / path):
+                missing.append(f"{doc}: {path}:{name}")
+    assert found >= 30 and not missing, missing
