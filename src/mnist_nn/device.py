@@ -1,12 +1,18 @@
-"""Choosing the compute device and the CPU thread count deliberately."""
+"""Choosing the compute device and the CPU thread count deliberately.
+
+torch is imported inside the functions, not at the top: the CLI reads DEVICE_CHOICES and
+PRECISIONS to build its parser, and `mnist-nn --help` must not wait for torch to load.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+from .errors import UserError, option
 
-from .errors import UserError
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -14,14 +20,21 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Resolve "auto" to CUDA, then Apple's MPS, then the CPU; asking for a missing one is an error."""
+    import torch
+
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if name == "cuda" and not cuda:
-        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU (try --device cpu)")
+        raise UserError(
+            f"{option('device', 'cuda')} was asked for, but PyTorch sees no CUDA GPU (try {option('device', 'cpu')})"
+        )
     if name == "mps" and not mps:
-        raise UserError("--device mps was asked for, but this PyTorch has no MPS backend (try --device cpu)")
+        raise UserError(
+            f"{option('device', 'mps')} was asked for, but this PyTorch has no MPS backend "
+            f"(try {option('device', 'cpu')})"
+        )
     if name not in DEVICE_CHOICES:
         raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     return torch.device(name)
@@ -32,6 +45,8 @@ def native_bf16(device: torch.device) -> bool:
 
     Elsewhere bf16 autocast is emulated, and slower than fp32.
     """
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
@@ -58,6 +73,8 @@ def configure_cpu() -> int:
     PyTorch's default thread count can count hyper-threads or ignore CPU affinity
     (containers, taskset); on small per-step work extra threads only add synchronisation.
     """
+    import torch
+
     torch.set_flush_denormal(True)
     if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MNIST_NN_THREADS"):
         threads = int(os.environ.get("MNIST_NN_THREADS") or os.environ["OMP_NUM_THREADS"])
@@ -68,6 +85,8 @@ def configure_cpu() -> int:
 
 
 def prepare_backend(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         # Fixed input shapes: let cuDNN pick its fastest kernels; TF32 keeps fp32 accuracy for these nets.
         torch.backends.cudnn.benchmark = True
@@ -89,6 +108,8 @@ def make_deterministic() -> None:
     often 10-30% slower per epoch; the MLPs barely change; cuBLAS keeps a few MB more
     workspace. The settings are process-wide and stay on after training.
     """
+    import torch
+
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic = True

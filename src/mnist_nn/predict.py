@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, option
 from .evaluate import model_outputs
 from .preprocess import (
     DEFAULT_MAX_PIXELS,
@@ -317,9 +317,10 @@ def format_table(predictions: Sequence[Prediction], top_k: int = 3) -> str:
 
 
 def check_options(top_k: int, threshold: float, max_pixels: int) -> None:
+    """Refuse out-of-range reading options, naming each as its caller spells it (errors.option)."""
     if top_k < 1:
-        raise UserError(f"--top-k must be a positive integer, got {top_k}")
+        raise UserError(f"{option('top_k')} must be a positive integer, got {top_k}")
     if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"--threshold must be a probability between 0 and 1, got {threshold}")
+        raise UserError(f"{option('threshold')} must be a probability between 0 and 1, got {threshold}")
     if max_pixels < 1:
-        raise UserError(f"--max-pixels must be a positive integer, got {max_pixels}")
+        raise UserError(f"{option('max_pixels')} must be a positive integer, got {max_pixels}")
