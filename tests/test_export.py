@@ -8,9 +8,13 @@ import warnings
 import pytest
 import torch
 
+import mnist_nn.export as export_module
+from mnist_nn.checkpoint import CheckpointMeta, save_checkpoint
 from mnist_nn.cli import main
 from mnist_nn.data import load_dataset
-from mnist_nn.export import onnx_session
+from mnist_nn.errors import UserError
+from mnist_nn.export import export_checkpoint, onnx_session
+from mnist_nn.models import build_model
 from mnist_nn.predict import Predictor
 
 pytest.importorskip("onnxruntime", reason="the export extra is not installed")
@@ -65,6 +69,83 @@ def test_torchscript_default_path_beside_the_checkpoint(random_checkpoint, capsy
         assert (logits - Predictor.from_checkpoint(random_checkpoint).pixel_model(pixels)).abs().max() <= 1e-4
 
 
+@pytest.fixture(scope="module")
+def large_logits_checkpoint(tmp_path_factory):
+    """A tutorial MLP whose logits on noise reach hundreds, as a fully trained one's do (the 25-epoch model: ~435).
+
+    Each of its five linear layers' weights is multiplied by 5.5: float32 rounding then differs
+    between runtimes by ~1.7e-4 in absolute terms, which an absolute 1e-4 check refused.
+    """
+    torch.manual_seed(0)
+    model = build_model("tutorial-mlp")
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.mul_(5.5)
+    path = tmp_path_factory.mktemp("large") / "model.pt"
+    save_checkpoint(path, model, CheckpointMeta("tutorial-mlp", {}, "mnist", 0.1307, 0.3081, recipe={}))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_a_model_with_trained_size_logits_exports(large_logits_checkpoint, tmp_path, capsys, fmt, dtype):
+    out = tmp_path / f"m.{fmt}"
+    report = export(capsys, large_logits_checkpoint, "--format", fmt, "--out", out, "--input-dtype", dtype)
+    print(f"{fmt} {dtype}: logits up to {report['max_abs_logit']:.0f}, max abs diff {report['max_abs_diff']:.2e}")
+    assert out.is_file() and report["max_abs_logit"] > 300
+    assert report["max_rel_diff"] <= 1e-5  # rounding: far inside the 1e-4 allowance
+
+
+def _perturbed_onnx_bytes(monkeypatch, shift: float) -> None:
+    """Make the exporter write a model whose last bias is moved by ``shift`` (a real mismatch), not the one checked."""
+    original = export_module._onnx_bytes
+
+    def perturbed(module, example, metadata):
+        import copy
+
+        changed = copy.deepcopy(module)
+        last = [m for m in changed.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.bias[3] += shift
+        return original(changed, example, metadata)
+
+    monkeypatch.setattr(export_module, "_onnx_bytes", perturbed)
+
+
+@pytest.mark.parametrize("shift", [1.0, 0.2])
+def test_a_perturbed_export_is_refused_and_not_written(large_logits_checkpoint, tmp_path, monkeypatch, shift):
+    # 0.2 on logits up to ~400 is 5e-4 of their scale: small, but 1,000 times what rounding does.
+    _perturbed_onnx_bytes(monkeypatch, shift)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(UserError, match=r"exported onnx model differs from PyTorch: logits by .* of their scale"):
+        export_checkpoint(large_logits_checkpoint, fmt="onnx", out=out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_wrong_probabilities_from_the_runtime_are_refused(random_checkpoint, tmp_path, monkeypatch):
+    original = export_module.run_exported
+
+    def uniform_probabilities(data, fmt, pixels):
+        logits, probabilities = original(data, fmt, pixels)
+        return logits, torch.full_like(torch.as_tensor(probabilities), 0.1)
+
+    monkeypatch.setattr(export_module, "run_exported", uniform_probabilities)
+    with pytest.raises(UserError, match="differs from PyTorch: probabilities by"):
+        export_checkpoint(random_checkpoint, fmt="torchscript", out=tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_scales_with_the_logits():
+    logits = torch.tensor([[400.0, -20.0, 3.0], [0.5, 0.1, -0.2]])
+    probabilities = logits.softmax(1)
+    rounding = logits + torch.tensor([[2e-4, -1e-4, 0.0], [1e-6, 0.0, 0.0]])
+    assert export_module.compare(logits, probabilities, rounding, rounding.softmax(1))["problem"] == ""
+    small_row_off = logits + torch.tensor([[0.0, 0.0, 0.0], [2e-3, 0.0, 0.0]])  # 2e-3 on a row of scale 1
+    found = export_module.compare(logits, probabilities, small_row_off, small_row_off.softmax(1))
+    assert found["problem"].startswith("logits by 2.00e-03 of their scale")
+
+
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
@@ -105,5 +186,23 @@ def test_parity_on_1000_test_images(trained_checkpoint, mnist_dir, tmp_path, cap
         "torchscript": float((script_logits - expected).abs().max()),
     }
     print("max abs logit difference from PyTorch on 1,000 test images:", differences)
-    assert all(d <= 1e-4 for d in differences.values()), differences
+    scale = float(expected.abs().max().clamp(min=1.0))
+    assert all(d <= 1e-4 * scale for d in differences.values()), differences
     assert (torch.from_numpy(float_logits).argmax(1) == expected.argmax(1)).all()
+
+
+def test_the_parity_benchmark_exports_each_checkpoint_every_way(large_logits_checkpoint, tmp_path):
+    """benchmarks/inference.py --parity: the smoke run of the check that every recipe's trained model exports."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    command = [sys.executable, str(REPO / "benchmarks" / "inference.py"), "--parity", "--skip-speed"]
+    command += ["--checkpoints", str(large_logits_checkpoint), "--results", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    data = json.loads((tmp_path / "export-parity.json").read_text())
+    combos = {(row["format"], row["input_dtype"]) for row in data["rows"] if row["exported"]}
+    assert data["refused"] == 0 and len(combos) == 4
+    assert not (tmp_path / "inference.json").exists()  # --skip-speed leaves the speed results alone
