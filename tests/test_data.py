@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from mnist_nn.data import (
     locate,
     normalize,
     read_split,
+    recorded_data_dir,
     split_indices,
 )
 from mnist_nn.errors import UserError
@@ -48,6 +50,35 @@ def test_search_order_data_dir_then_env_then_cache(tmp_path, monkeypatch):
     assert locate(spec, None) == (cache, "cache")
     monkeypatch.setenv("MNIST_NN_CACHE", str(tmp_path / "empty"))
     assert locate(spec, None) is None
+
+
+def _run_record(run: Path, folder: Path, md5: dict[str, str], dataset: str = "toy") -> Path:
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": {"dataset": dataset, "folder": str(folder), "md5": md5}}))
+    return run / "model.pt"
+
+
+def test_recorded_data_folder_is_used_only_while_it_verifies(tmp_path, toy_dataset):
+    md5 = {**read_split(toy_dataset, "train")[2], **read_split(toy_dataset, "test")[2]}
+    checkpoint = _run_record(tmp_path / "run", toy_dataset, md5)
+    folder, note = recorded_data_dir(checkpoint)
+    assert folder == toy_dataset and note.endswith("config.json), verified")
+    other = _run_record(tmp_path / "other", toy_dataset, {**md5, "t10k-labels-idx1-ubyte": "0" * 32})
+    assert recorded_data_dir(other) == (
+        None,
+        f"the files in the run's data folder {toy_dataset} differ from those it was trained on",
+    )
+    (toy_dataset / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert recorded_data_dir(checkpoint) == (
+        None,
+        f"the run's data folder {toy_dataset} no longer holds the four files",
+    )
+
+
+def test_no_record_means_no_folder(tmp_path):
+    assert recorded_data_dir(tmp_path / "model.pt") == (None, "")  # no config.json beside it
+    (tmp_path / "config.json").write_text("{not json")
+    assert recorded_data_dir(tmp_path / "model.pt") == (None, "")
 
 
 def _corrupt(folder: Path, name: str, data: bytes) -> None:

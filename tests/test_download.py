@@ -71,21 +71,62 @@ def test_download_of_wrong_content_is_refused_and_leaves_nothing(tmp_path, serve
     monkeypatch.setenv("MNIST_NN_MIRROR", serve(write_idx_dataset(tmp_path / "fake")))
     with pytest.raises(UserError, match="checksum mismatch"):
         load_dataset("mnist")
-    assert list(empty_cache.iterdir()) == []
+    assert not empty_cache.exists()  # nothing landed, so no empty cache folder either
+
+
+def _nothing_listening() -> str:
+    with socket.socket() as probe:  # a port with nothing listening: connection refused, like offline
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/"
 
 
 def test_offline_error_says_how_to_point_at_files(empty_cache, monkeypatch, capsys):
-    with socket.socket() as probe:  # a port with nothing listening: connection refused, like offline
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("MNIST_NN_MIRROR", f"http://127.0.0.1:{port}/")
+    monkeypatch.setenv("MNIST_NN_MIRROR", _nothing_listening())
     assert main(["data", "--download"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("mnist-nn: error: could not download mnist from http://127.0.0.1:")
-    assert "--data-dir DIR" in err and "MNIST_NN_DATA" in err
-    assert list(empty_cache.iterdir()) == []
+    assert "--data-dir DIR" in err and "export MNIST_NN_DATA=DIR" in err
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        assert name in err
+    assert not empty_cache.exists()
 
 
-def test_data_without_download_reports_missing(empty_cache, capsys):
+def test_a_failed_download_removes_every_folder_it_created(tmp_path, monkeypatch):
+    cache = tmp_path / "home" / ".cache" / "mnist-nn"
+    monkeypatch.setenv("MNIST_NN_CACHE", str(cache))
+    monkeypatch.delenv("MNIST_NN_DATA", raising=False)
+    monkeypatch.setenv("MNIST_NN_MIRROR", _nothing_listening())
+    with pytest.raises(UserError, match="could not download"):
+        load_dataset("mnist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_cache_folder_is_kept_after_a_failed_download(empty_cache, monkeypatch):
+    empty_cache.mkdir()
+    (empty_cache / "notes.txt").write_text("mine")
+    monkeypatch.setenv("MNIST_NN_MIRROR", _nothing_listening())
+    with pytest.raises(UserError, match="could not download"):
+        load_dataset("mnist")
+    assert [p.name for p in empty_cache.iterdir()] == ["notes.txt"]
+
+
+def test_data_without_download_says_both_ways(empty_cache, capsys):
     assert main(["data"]) == 2
-    assert "run `mnist-nn data --download` or pass --data-dir DIR" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"mnist-nn: error: no mnist data found (searched $MNIST_NN_DATA and {empty_cache})")
+    assert "offline: put the four IDX files (train-images-idx3-ubyte[.gz]" in err
+    assert "--data-dir DIR or `export MNIST_NN_DATA=DIR`" in err
+    assert "online: `mnist-nn data --download` fetches it into the cache" in err
+    assert not empty_cache.exists()
+
+
+def test_python_callers_read_the_python_name(empty_cache):
+    with pytest.raises(UserError) as caught:
+        load_dataset("mnist", allow_download=False)
+    assert "pass data_dir=DIR or" in str(caught.value) and "--data-dir" not in str(caught.value)

@@ -5,6 +5,7 @@ Data flows one way: files -> ``load_dataset`` -> ``Splits`` -> ``DeviceLoader``.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, option
 from .registry import Registry
 
 IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
@@ -215,25 +216,72 @@ def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> tupl
     Returns (folder, how it was found), or None when only the cache was searched and it is empty.
     A folder named explicitly must hold the files: it is an error, not a fall-through, if not.
     """
-    for root, source in (
-        (data_dir, "--data-dir"),
-        (os.environ.get("MNIST_NN_DATA") or None, "$MNIST_NN_DATA"),
+    for root, source, named in (
+        (data_dir, "--data-dir", option("data_dir")),
+        (os.environ.get("MNIST_NN_DATA") or None, "$MNIST_NN_DATA", "$MNIST_NN_DATA"),
     ):
         if root is None:
             continue
         root = Path(root).expanduser()
         if not root.is_dir():
-            raise UserError(f"data folder {root} (from {source}) does not exist or is not a folder")
+            raise UserError(f"data folder {root} (from {named}) does not exist or is not a folder")
         for folder in _layouts(root, spec):
             if _holds_any(folder):
                 return folder, source
-        raise UserError(
-            f"no {spec.name} files in {root} (from {source}): expected " + ", ".join(f"{n}[.gz]" for n in FILE_NAMES)
-        )
+        raise UserError(f"no {spec.name} files in {root} (from {named}): expected {_file_list()}")
     for folder in _layouts(cache_dir(), spec):
         if _holds_any(folder):
             return folder, "cache"
     return None
+
+
+def _file_list() -> str:
+    return ", ".join(f"{name}[.gz]" for name in FILE_NAMES)
+
+
+def where_to_put_files() -> str:
+    """How to give the data without a network: the four files by name, and the two ways to point at them."""
+    return (
+        f"put the four IDX files ({_file_list()}) in a folder DIR and pass {option('data_dir', metavar='DIR')} "
+        "or `export MNIST_NN_DATA=DIR`"
+    )
+
+
+def not_found_message(spec: DatasetSpec) -> str:
+    """No data anywhere: say both ways to get it, since a download cannot work offline."""
+    return (
+        f"no {spec.name} data found (searched $MNIST_NN_DATA and {cache_dir()}); offline: {where_to_put_files()}; "
+        "online: `mnist-nn data --download` fetches it into the cache"
+    )
+
+
+def recorded_data_dir(checkpoint: str | os.PathLike) -> tuple[Path | None, str]:
+    """The data folder a run was trained on (its config.json, beside ``checkpoint``), if it still verifies.
+
+    Returns (folder, what was found): the folder when it still holds the run's four files with
+    the content the run recorded (MD5 of each file, and the dataset's own pins); else None and why
+    not, or None and "" when there is no record (a checkpoint outside its run directory).
+    """
+    import json
+
+    config = Path(checkpoint).parent / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))["data"]
+        folder, recorded_md5 = Path(data["folder"]), dict(data.get("md5") or {})
+        spec = get_dataset_spec(data["dataset"])
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        return None, ""
+    if not all(_find_file(folder, name) for name in FILE_NAMES):
+        return None, f"the run's data folder {folder} no longer holds the four files"
+    try:
+        checksums = {}
+        for split in SPLIT_FILES:
+            checksums.update(read_split(folder, split, spec.md5)[2])
+    except UserError as exc:
+        return None, f"the run's data folder no longer verifies ({exc})"
+    if recorded_md5 and checksums != recorded_md5:
+        return None, f"the files in the run's data folder {folder} differ from those it was trained on"
+    return folder, f"the data folder recorded by the run ({config}), verified"
 
 
 def mirrors_override() -> list[str] | None:
@@ -254,12 +302,19 @@ def download(spec: DatasetSpec, root: Path | None = None) -> Path:
     import torchvision.datasets as tvd
 
     root = Path(root) if root is not None else cache_dir()
-    base = getattr(tvd, spec.torchvision_class)
+    base = getattr(tvd, spec.torchvision_class, None)
+    if base is None:  # a dataset registered without a download source
+        raise UserError(
+            f"no {spec.name} data found, and torchvision has no {spec.torchvision_class} to download it: "
+            f"{where_to_put_files()}"
+        )
     mirrors = mirrors_override()
     attrs = {}
     if mirrors:
         attrs = {"mirrors": mirrors, "resources": [(name, None) for name, _ in base.resources]}
     dataset_class = type(base.__name__, (base,), attrs)
+    # The folders this creates (the cache and any missing parent), removed again if nothing lands in them.
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
@@ -272,8 +327,7 @@ def download(spec: DatasetSpec, root: Path | None = None) -> Path:
             tried = ", ".join(dataset_class.mirrors)
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise UserError(
-                f"could not download {spec.name} from {tried} ({first}); offline? put the four "
-                f"IDX files in a folder and pass --data-dir DIR or set MNIST_NN_DATA=DIR"
+                f"could not download {spec.name} from {tried} ({first}); offline? {where_to_put_files()}"
             ) from None
         raw = staging / spec.torchvision_class / "raw"
         for gz in raw.glob("*.gz"):
@@ -287,6 +341,9 @@ def download(spec: DatasetSpec, root: Path | None = None) -> Path:
         return final / "raw"
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # deepest first; a folder that holds anything stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 # --------------------------------------------------------------------------- loading
@@ -312,10 +369,7 @@ def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None,
     found = locate(spec, data_dir)
     if found is None:
         if not allow_download:
-            raise UserError(
-                f"no {spec.name} data found (searched $MNIST_NN_DATA and {cache_dir()}); "
-                "run `mnist-nn data --download` or pass --data-dir DIR"
-            )
+            raise UserError(not_found_message(spec))
         folder, source = download(spec), "downloaded"
     else:
         folder, source = found
