@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
@@ -197,9 +198,105 @@ def test_evaluate_refuses_bad_checkpoints(tmp_path, capsys, kind):
 
 def test_models_and_recipes_listings(capsys):
     code, out, _ = run_main(capsys, "models")
+    assert code == 0 and out.startswith("tutorial-mlp ") and "cnn-best" in out and "175,306" not in out
+    code, out, _ = run_main(capsys, "models", "--parameters")
     assert code == 0 and "tutorial-mlp" in out and "175,306" in out
     code, out, _ = run_main(capsys, "recipes")
     assert code == 0 and out.startswith("tutorial ") and "cnn-best" in out
+
+
+def test_the_models_listing_read_from_source_is_the_registry():
+    from mnist_nn.cli import _model_catalog
+    from mnist_nn.models import MODELS
+
+    assert _model_catalog() == [(name, spec.description) for name, spec in MODELS.items()]
+
+
+def test_the_parser_and_the_dispatch_come_from_one_table():
+    from mnist_nn.cli import COMMANDS, HANDLERS, build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(subparsers.choices) == [c.name for c in COMMANDS] == list(HANDLERS)
+
+
+def test_every_command_has_the_same_device_rule():
+    from mnist_nn.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    defaults = {}
+    for name, parser in subparsers.choices.items():
+        for action in parser._actions:
+            if "--device" in action.option_strings:
+                defaults[name] = (action.default, "auto (the default: a CUDA GPU, else" in action.help)
+    assert defaults == dict.fromkeys(["train", "evaluate", "predict", "serve"], ("auto", True))
+
+
+# Each runs in a fresh interpreter that reports whether the command imported torch.
+NO_TORCH = [
+    ["--help"],
+    ["--version"],
+    ["recipes"],
+    ["models"],
+    ["train", "--help"],
+    ["serve", "--help"],
+    ["train", "--recipe", "nope"],
+    ["train", "--epochs", "two"],
+    ["predict"],
+]
+
+
+@pytest.mark.parametrize("argv", NO_TORCH, ids=" ".join)
+def test_commands_that_need_no_model_do_not_load_torch(argv):
+    """Start-up: these answer without importing torch (seconds); benchmarks/startup.py measures them."""
+    probe = (
+        "import sys\nfrom mnist_nn.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        "print('torch loaded:', 'torch' in sys.modules, file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=False)
+    assert done.stderr.strip().splitlines()[-1] == "torch loaded: False", done.stderr
+
+
+def test_a_library_message_names_the_flag_on_the_command_line(random_checkpoint, tmp_path, capsys):
+    code, _, err = run_main(capsys, "predict", str(random_checkpoint), str(tmp_path), "--top-k", "0")
+    assert_one_line_error(code, err, "--top-k must be a positive integer, got 0")
+    code, _, err = run_main(capsys, "data", "--data-dir", str(tmp_path / "nowhere"))
+    assert_one_line_error(code, err, f"data folder {tmp_path / 'nowhere'} (from --data-dir) does not exist")
+
+
+def _train_toy(capsys, out: Path, toy_dataset: Path) -> None:
+    code, _, err = run_main(
+        capsys, "train", "--dataset", "toy", "--data-dir", str(toy_dataset), "--out", str(out), "--epochs", "1"
+    )
+    assert code == 0, err
+
+
+def test_evaluate_uses_the_data_folder_the_run_recorded(tmp_path, capsys, toy_dataset, monkeypatch):
+    """Trained with --data-dir, evaluated without: the run's folder, said on stderr, not a download."""
+    _train_toy(capsys, tmp_path / "run", toy_dataset)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MNIST_NN_CACHE", str(cache))
+    monkeypatch.delenv("MNIST_NN_DATA", raising=False)
+    monkeypatch.setenv("MNIST_NN_MIRROR", "http://127.0.0.1:9/")  # a download would fail at once
+    code, out, err = run_main(capsys, "evaluate", str(tmp_path / "run" / "model.pt"), "--json")
+    assert code == 0, err
+    assert (
+        err.strip()
+        == f"mnist-nn: using the data folder recorded by the run ({tmp_path / 'run' / 'config.json'}), verified"
+    )
+    assert json.loads(out)["test_size"] == 200 and not cache.exists()
+
+
+def test_evaluate_looks_elsewhere_when_the_recorded_folder_changed(tmp_path, capsys, toy_dataset, monkeypatch):
+    _train_toy(capsys, tmp_path / "run", toy_dataset)
+    monkeypatch.setenv("MNIST_NN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MNIST_NN_DATA", raising=False)
+    labels = toy_dataset / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-1] + bytes([9])))
+    code, _, err = run_main(capsys, "evaluate", str(tmp_path / "run" / "model.pt"))
+    first, last = err.strip().splitlines()[0], err.strip().splitlines()[-1]
+    assert first.startswith("mnist-nn: the files in the run's data folder") and "looking elsewhere" in first
+    assert code == 2 and last.startswith("mnist-nn: error: no toy data found") and not (tmp_path / "cache").exists()
 
 
 def test_train_and_evaluate_on_toy_data(tmp_path, capsys, toy_dataset):

@@ -1,4 +1,12 @@
-"""The ``mnist-nn`` command: parses arguments, calls the library, maps errors to exit codes."""
+"""The ``mnist-nn`` command: parses arguments, calls the library, maps errors to exit codes.
+
+Every command is one row of ``COMMANDS`` (name, help, the function adding its arguments, the
+function running it); the parser and the dispatch are both built from that table.
+
+Start-up is kept short: this module imports neither torch nor any module that does, and each
+handler imports what it needs. `mnist-nn --help`, `recipes`, `models` and argument errors
+answer without loading torch (see benchmarks/startup.py).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +14,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 from .device import DEVICE_CHOICES
 from .errors import Interrupted, UserError
 from .version import __version__
+
+# Library options whose flag is not `--` + the Python name with dashes (errors.option, errors.cli_flag).
+FLAGS = {"fmt": "--format", "compile_model": "--compile", "allow_download": "--download"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -21,11 +33,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_data_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         metavar="DIR",
         help="folder with the four IDX files, .gz or raw (default: $MNIST_NN_DATA, then the cache)",
+    )
+
+
+def _add_device_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--device, with the same default in every command: auto."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICE_CHOICES,
+        help=f"where to {what}: auto (the default: a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda or mps",
     )
 
 
@@ -108,18 +130,15 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="mnist-nn", description="Train, evaluate and use handwritten-digit classifiers.")
-    parser.add_argument("--version", action="version", version=f"mnist-nn {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    commands.required = True
+# --------------------------------------------------------------------------- train
 
-    train = commands.add_parser("train", help="train a recipe and write a run directory")
+
+def _train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--recipe", default=None, help="named recipe (default: tutorial; see `mnist-nn recipes`)")
-    _add_data_arguments(train)
+    _add_data_argument(train)
     train.add_argument("--out", metavar="DIR", help="run directory to create (default: runs/<timestamp>)")
     _add_recipe_arguments(train)
-    train.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where to train (default: auto)")
+    _add_device_argument(train, "train")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
     train.add_argument("--show", action="store_true", help="also open the plots in a window")
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs in the run directory")
@@ -142,7 +161,6 @@ def build_parser() -> Parser:
         help="repeatable CUDA kernels (deterministic algorithms, cuDNN without autotuning, a fixed cuBLAS "
         "workspace): bitwise-identical GPU runs, often 10-30%% slower for CNNs; CPU runs are repeatable without it",
     )
-
     train.add_argument(
         "--compile",
         action="store_true",
@@ -163,76 +181,12 @@ def build_parser() -> Parser:
         help="under torchrun: the collective backend (default auto: NCCL on CUDA, gloo on the CPU)",
     )
 
-    evaluate = commands.add_parser("evaluate", help="score a checkpoint, or an ensemble of several, on the test set")
-    evaluate.add_argument(
-        "checkpoints", nargs="+", metavar="CHECKPOINT", help="model.pt files; several are averaged as an ensemble"
-    )
-    evaluate.add_argument("--tta", action="store_true", help="test-time augmentation: average over 1-pixel shifts")
-    _add_data_arguments(evaluate)
-    evaluate.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    evaluate.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
-    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    data = commands.add_parser("data", help="show where the data is and verify it")
-    data.add_argument("--dataset", default="mnist", help="dataset name (default: mnist)")
-    _add_data_arguments(data)
-    data.add_argument("--download", action="store_true", help="download into the cache if it is not found")
-
-    commands.add_parser("models", help="list the models")
-    commands.add_parser("recipes", help="list the training recipes")
-    _add_predict_export_parsers(commands)
-    _add_serve_parser(commands)
-    return parser
-
-
-def _add_predict_export_parsers(commands: argparse._SubParsersAction) -> None:
-    predict = commands.add_parser(
-        "predict",
-        help="read digits in image files (PNG, JPEG, BMP, GIF, WebP, TIFF)",
-        description="Read digits in image files or folders of them. Exit status: 0 when every file was read, "
-        "1 when some could not be (each named on stderr), 2 for a usage or checkpoint error.",
-    )
-    predict.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
-    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders of them (not recursive)")
-    predict.add_argument("--top-k", type=int, default=3, help="alternatives to show per digit (default: 3)")
-    predict.add_argument(
-        "--threshold",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="answer 'uncertain' when the best probability is below P, 0-1 (default: 0, never)",
-    )
-    predict.add_argument("--multi", action="store_true", help="read a number: several digits, left to right")
-    predict.add_argument(
-        "--no-preprocess", action="store_true", help="images are already 28x28 in MNIST form (light on dark)"
-    )
-    predict.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 images the model saw into DIR")
-    predict.add_argument(
-        "--max-pixels",
-        type=int,
-        default=None,
-        metavar="N",
-        help="refuse images with more pixels than N, before decoding (default: 50,000,000)",
-    )
-    predict.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="where to run (default: cpu)")
-    predict.add_argument("--json", action="store_true", help="print the results as JSON")
-
-    export = commands.add_parser("export", help="export a checkpoint as ONNX or TorchScript")
-    export.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
-    export.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="what to write")
-    export.add_argument(
-        "--out", metavar="FILE", help="file to write (default: beside the checkpoint, .onnx or .torchscript.pt)"
-    )
-    export.add_argument(
-        "--input-dtype",
-        default="float32",
-        choices=("float32", "uint8"),
-        help="type of the [N, 28, 28] pixel input, 0-255 (default: float32)",
-    )
-    export.add_argument("--json", action="store_true", help="print the report as JSON")
-
 
 def _train(args: argparse.Namespace) -> int:
+    if args.recipe is not None and args.resume is None:
+        from .recipes import get_recipe
+
+        get_recipe(args.recipe)  # a mistyped name is refused before torch loads (seconds)
     from .distributed import PeerFailed, env_rank
     from .trainer import train
 
@@ -261,7 +215,7 @@ def _train(args: argparse.Namespace) -> int:
         return exc.exit_code
     except UserError as exc:
         if rank:
-            raise UserError(f"rank {rank}: {exc}") from None
+            raise UserError(f"rank {rank}: {exc.template}") from None
         raise
     except Interrupted as exc:
         if rank:
@@ -270,25 +224,61 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- evaluate, data
+
+
+def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
+    evaluate.add_argument(
+        "checkpoints", nargs="+", metavar="CHECKPOINT", help="model.pt files; several are averaged as an ensemble"
+    )
+    evaluate.add_argument("--tta", action="store_true", help="test-time augmentation: average over 1-pixel shifts")
+    evaluate.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with the four IDX files, .gz or raw (default: $MNIST_NN_DATA, then the folder the run was "
+        "trained on if it still verifies, then the cache)",
+    )
+    _add_device_argument(evaluate, "evaluate")
+    evaluate.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, format_report
 
-    report = evaluate_checkpoint(
-        args.checkpoints, data_dir=args.data_dir, device=args.device, out=args.out, tta=args.tta
-    )
+    data_dir = args.data_dir
+    if data_dir is None and not os.environ.get("MNIST_NN_DATA"):
+        data_dir = _recorded_data_dir(args.checkpoints)
+    report = evaluate_checkpoint(args.checkpoints, data_dir=data_dir, device=args.device, out=args.out, tta=args.tta)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
+def _recorded_data_dir(checkpoints: Sequence[str]) -> str | None:
+    """The data folder the first checkpoint's run was trained on, when it still verifies; said on stderr.
+
+    Without it, a run trained with --data-dir would be evaluated from the cache, or a download.
+    """
+    from .data import recorded_data_dir
+
+    folder, note = recorded_data_dir(checkpoints[0])
+    if note:
+        print(f"mnist-nn: {'using ' + note if folder else note + '; looking elsewhere'}", file=sys.stderr)
+    return str(folder) if folder is not None else None
+
+
+def _data_arguments(data: argparse.ArgumentParser) -> None:
+    data.add_argument("--dataset", default="mnist", help="dataset name (default: mnist)")
+    _add_data_argument(data)
+    data.add_argument("--download", action="store_true", help="download into the cache if it is not found")
+
+
 def _data(args: argparse.Namespace) -> int:
-    from .data import cache_dir, get_dataset_spec, load_dataset, locate
+    from .data import get_dataset_spec, load_dataset, locate, not_found_message
 
     spec = get_dataset_spec(args.dataset)
     if not args.download and locate(spec, args.data_dir) is None:
-        raise UserError(
-            f"no {spec.name} data found (searched $MNIST_NN_DATA and {cache_dir()}); "
-            "run `mnist-nn data --download` or pass --data-dir DIR"
-        )
+        raise UserError(not_found_message(spec))
     splits = load_dataset(spec.name, args.data_dir)
     print(f"{spec.title} found in {splits.folder} (by {splits.source})")
     for split, labels in (("train", splits.train_labels), ("test", splits.test_labels)):
@@ -299,12 +289,46 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models(args: argparse.Namespace) -> int:
-    from .models import MODELS, build_model, count_parameters
+# --------------------------------------------------------------------------- models, recipes
 
-    for name, spec in MODELS.items():
-        print(f"{name:<16} {count_parameters(build_model(name)):>10,}  {spec.description}")
+
+def _models_arguments(models: argparse.ArgumentParser) -> None:
+    models.add_argument(
+        "--parameters", action="store_true", help="also build each model and count its parameters (loads PyTorch)"
+    )
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.parameters:
+        from .models import MODELS, build_model, count_parameters
+
+        for name, spec in MODELS.items():
+            print(f"{name:<16} {count_parameters(build_model(name)):>10,}  {spec.description}")
+        return 0
+    for name, description in _model_catalog():
+        print(f"{name:<16} {description}")
     return 0
+
+
+def _model_catalog() -> list[tuple[str, str]]:
+    """(name, description) of each model registered in models.py, read from its source without running it.
+
+    models.py defines the networks as torch classes, so importing it loads torch (seconds); the
+    listing only needs the names. tests/test_cli.py checks that this equals the registry.
+    """
+    import ast
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    spec = find_spec(f"{__package__}.models")
+    source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ModelSpec":
+            fields = {k.arg: k.value for k in node.keywords if isinstance(k.value, ast.Constant)}
+            if "name" in fields and "description" in fields:
+                found.append((fields["name"].value, fields["description"].value))
+    return found
 
 
 def _recipes(args: argparse.Namespace) -> int:
@@ -315,7 +339,34 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"train": _train, "evaluate": _evaluate, "data": _data, "models": _models, "recipes": _recipes}
+# --------------------------------------------------------------------------- predict, export
+
+
+def _predict_arguments(predict: argparse.ArgumentParser) -> None:
+    predict.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders of them (not recursive)")
+    predict.add_argument("--top-k", type=int, default=3, help="alternatives to show per digit (default: 3)")
+    predict.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer 'uncertain' when the best probability is below P, 0-1 (default: 0, never)",
+    )
+    predict.add_argument("--multi", action="store_true", help="read a number: several digits, left to right")
+    predict.add_argument(
+        "--no-preprocess", action="store_true", help="images are already 28x28 in MNIST form (light on dark)"
+    )
+    predict.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 images the model saw into DIR")
+    predict.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels than N, before decoding (default: 50,000,000)",
+    )
+    _add_device_argument(predict, "run")
+    predict.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -350,6 +401,21 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _export_arguments(export: argparse.ArgumentParser) -> None:
+    export.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="what to write")
+    export.add_argument(
+        "--out", metavar="FILE", help="file to write (default: beside the checkpoint, .onnx or .torchscript.pt)"
+    )
+    export.add_argument(
+        "--input-dtype",
+        default="float32",
+        choices=("float32", "uint8"),
+        help="type of the [N, 28, 28] pixel input, 0-255 (default: float32)",
+    )
+    export.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
 def _export(args: argparse.Namespace) -> int:
     from .export import export_checkpoint
 
@@ -359,28 +425,22 @@ def _export(args: argparse.Namespace) -> int:
     else:
         print(
             f"wrote {report['path']} ({report['format']}, {report['bytes']:,} bytes, input {report['input_dtype']} "
-            f"[N, 28, 28]); matches PyTorch within {report['max_abs_diff']:.1e}"
+            f"[N, 28, 28]); matches PyTorch: logits within {report['max_rel_diff']:.1e} of their scale "
+            f"(up to {report['max_abs_logit']:.3g}), same answers"
         )
     return 0
 
 
-HANDLERS["predict"] = _predict
-HANDLERS["export"] = _export
+# --------------------------------------------------------------------------- serve
 
 
-def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
-    serve = commands.add_parser(
-        "serve",
-        help="a web page to draw digits on, and a REST API (needs the serve extra)",
-        description="Serve a checkpoint: the page at / (draw a digit, watch the network read it), the API at "
-        "/api/predict, /api/health and /api/model, its documentation at /docs. Ctrl-C stops it.",
-    )
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
     )
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
-    serve.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="where to run (default: cpu)")
+    _add_device_argument(serve, "run")
     serve.add_argument(
         "--workers",
         type=int,
@@ -405,7 +465,59 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS["serve"] = _serve
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `mnist-nn` command: its parser is built by ``arguments``, and ``run`` answers it with an exit status."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None] | None
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+
+COMMANDS = (
+    Command("train", "train a recipe and write a run directory", _train_arguments, _train),
+    Command(
+        "evaluate", "score a checkpoint, or an ensemble of several, on the test set", _evaluate_arguments, _evaluate
+    ),
+    Command("data", "show where the data is and verify it", _data_arguments, _data),
+    Command("models", "list the models", _models_arguments, _models),
+    Command("recipes", "list the training recipes", None, _recipes),
+    Command(
+        "predict",
+        "read digits in image files (PNG, JPEG, BMP, GIF, WebP, TIFF)",
+        _predict_arguments,
+        _predict,
+        description="Read digits in image files or folders of them. Exit status: 0 when every file was read, "
+        "1 when some could not be (each named on stderr), 2 for a usage or checkpoint error.",
+    ),
+    Command("export", "export a checkpoint as ONNX or TorchScript", _export_arguments, _export),
+    Command(
+        "serve",
+        "a web page to draw digits on, and a REST API (needs the serve extra)",
+        _serve_arguments,
+        _serve,
+        description="Serve a checkpoint: the page at / (draw a digit, watch the network read it), the API at "
+        "/api/predict, /api/health and /api/model, its documentation at /docs. Ctrl-C stops it.",
+    ),
+)
+HANDLERS = {command.name: command.run for command in COMMANDS}
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="mnist-nn", description="Train, evaluate and use handwritten-digit classifiers.")
+    parser.add_argument("--version", action="version", version=f"mnist-nn {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    subparsers.required = True
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.description)
+        if command.arguments is not None:
+            command.arguments(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -416,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return HANDLERS[args.command](args)
     except UserError as exc:
-        print(f"mnist-nn: error: {exc}", file=sys.stderr)
+        print(f"mnist-nn: error: {exc.render(FLAGS)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         # Training's own interruption says where its state is and how to resume; exit 128 + the signal.

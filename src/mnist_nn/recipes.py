@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .augment import Augmentation
 from .device import PRECISIONS
 from .errors import UserError
 from .registry import Registry
 from .schedules import SCHEDULES
+
+if TYPE_CHECKING:
+    from .augment import Augmentation  # imports torch: loaded when a run needs it, not to list recipes
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Recipe:
         return self.replace(**self.dataset_overrides.get(dataset, {}), dataset=dataset, dataset_overrides={})
 
     def augmentation(self) -> Augmentation:
+        from .augment import Augmentation
+
         return Augmentation(
             rotate=self.aug_rotate,
             shift=self.aug_shift,
