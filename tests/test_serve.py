@@ -23,7 +23,8 @@ from conftest import REPO
 from live_server import live_server
 from mnist_nn.cli import main
 from mnist_nn.predict import Predictor
-from mnist_nn.serve.app import MAX_BODY_BYTES, BodyLimitMiddleware, create_app
+from mnist_nn.preprocess import ImageError, ImageTooLarge, load_grayscale
+from mnist_nn.serve.app import MAX_BODY_BYTES, MAX_PIXELS, BodyLimitMiddleware, create_app
 
 MB = 2**20
 
@@ -131,6 +132,28 @@ def test_small_requests_are_answered_on_the_loop_large_ones_in_a_thread(predicto
         ]
     assert [a.status_code for a in answers] == [200, 200, 422, 200]
     assert handed_off == [png_bytes(photo)[:4]]  # only the photo went to a worker thread
+
+
+def test_the_api_and_the_cli_read_through_the_same_method(client, predictor, monkeypatch):
+    """Both answer from Predictor.read_image: one reading, taken apart the same way by each."""
+    calls = []
+    original = Predictor.read_image
+
+    def spy(self, source, **options):
+        reading = original(self, source, **options)
+        calls.append(reading)
+        return reading
+
+    monkeypatch.setattr(Predictor, "read_image", spy)
+    data = png_bytes(drawn_one())
+    body = client.post("/api/predict", **upload(data)).json()
+    cli = predictor.predict(data)
+    assert len(calls) == 2
+    served, read = calls
+    assert body["label"] == served.digits[0].label == cli.label == read.digits[0].label
+    assert body["confidence"] == cli.confidence and body["top"] == cli.top
+    assert list(body["probabilities"].values()) == served.probabilities[0].tolist()
+    assert body["seen"] == served.seen[0].tolist() == read.seen[0].tolist()
 
 
 def test_blank_image_is_no_digit_not_an_error(client):
@@ -289,6 +312,24 @@ def test_wrong_content_type_is_415(client, headers):
     response = client.post("/api/predict", content=png_bytes(drawn_one()), headers=headers)
     assert response.status_code == 415
     assert "multipart/form-data" in response.json()["detail"]
+
+
+def test_too_many_pixels_is_413_by_its_type_not_its_words(client, monkeypatch):
+    """ImageTooLarge is raised wherever the pixel count is refused; the status follows the type alone."""
+    for width, height in ((100_000, 100_000), (5_000, 4_000)):  # refused by Pillow's limit; by ours
+        with pytest.raises(ImageTooLarge, match="image too large"):
+            load_grayscale(_png_header_only(width, height), max_pixels=MAX_PIXELS)
+
+    def refuse(error):
+        def read_image(self, source, **options):
+            raise error
+
+        monkeypatch.setattr(Predictor, "read_image", read_image)
+        return client.post("/api/predict", **upload(png_bytes(drawn_one()), "x.png"))
+
+    assert refuse(ImageTooLarge("<bytes>: 30,000 x 30,000")).status_code == 413
+    answer = refuse(ImageError("<bytes>: image too large, says the message of a plain ImageError"))
+    assert answer.status_code == 422 and answer.json()["detail"].startswith("x.png: image too large")
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from .errors import UserError, option
 from .evaluate import model_outputs
 from .preprocess import (
     DEFAULT_MAX_PIXELS,
+    MNIST_SIZE,
     ImageError,
     NoDigitFound,
     Segment,
@@ -86,6 +87,30 @@ class Prediction:
         for digit in data["digits"]:
             digit["box"] = list(digit["box"]) if digit["box"] is not None else None
         return data
+
+
+@dataclass
+class ImageReading:
+    """What the model made of one image: a reading per digit found (none for a blank image).
+
+    ``pixels`` are exactly what the model was given, MNIST form; ``seen`` is the same rounded to
+    bytes, as a page shows it or a PNG stores it.
+    """
+
+    source: str
+    digits: list[DigitReading]
+    probabilities: torch.Tensor  # float32 [N, classes]: row i is digits[i]'s distribution
+    pixels: np.ndarray  # float32 [N, 28, 28], 0-255, light on dark
+
+    @property
+    def found(self) -> bool:
+        """Whether the image held a digit at all."""
+        return bool(self.digits)
+
+    @property
+    def seen(self) -> np.ndarray:
+        """The model's input as uint8 [N, 28, 28]."""
+        return np.clip(np.rint(self.pixels), 0, 255).astype(np.uint8)
 
 
 class Predictor:
@@ -160,7 +185,7 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> list[Segment]:
         """The MNIST-form digit(s) the model will see; NoDigitFound or ImageError otherwise."""
-        name = _name(source)
+        name = source_name(source)
         if isinstance(source, np.ndarray):
             gray = source.astype(np.float32)
             if gray.ndim != 2:
@@ -172,6 +197,41 @@ class Predictor:
         if multi:
             return segment_digits(gray)
         return [preprocess_image(gray)]
+
+    def read_image(
+        self,
+        source: str | os.PathLike | bytes | Image.Image | np.ndarray,
+        *,
+        preprocess: bool = True,
+        multi: bool = False,
+        top_k: int = 3,
+        threshold: float = 0.0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> ImageReading:
+        """Read one image (a path, encoded bytes, a decoded array or pixels): its digit(s), or none.
+
+        The one way from an image to an answer: ``predict`` (the CLI) and the web server both
+        take it, so they cannot disagree. A blank image is a reading without digits. An unusable
+        image raises ImageError naming it (ImageTooLarge for too many pixels).
+        """
+        name = source_name(source)
+        try:
+            segments = self.prepare(source, preprocess=preprocess, multi=multi, max_pixels=max_pixels)
+        except NoDigitFound:
+            empty = np.zeros((0, MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
+            return ImageReading(name, [], torch.zeros(0, len(self.labels)), empty)
+        except ImageError:
+            raise
+        except Exception as exc:
+            # A damaged file can fail the preprocessing in ways no check foresaw: that is the image's
+            # doing, reported like any unusable image; the original error stays attached as the cause.
+            raise ImageError(f"{name}: could not process this image ({type(exc).__name__})") from exc
+        pixels = np.stack([segment.pixels for segment in segments])
+        probabilities = self.probabilities(pixels)
+        digits = self.read(probabilities, top_k=top_k, threshold=threshold)
+        for digit, segment in zip(digits, segments, strict=True):
+            digit.box = segment.box
+        return ImageReading(name, digits, probabilities, pixels)
 
     def predict(
         self,
@@ -189,19 +249,17 @@ class Predictor:
         ``save_to``: a PNG path to write what the model saw (with ``multi``, one file per digit,
         numbered after the stem).
         """
-        name = _name(source)
+        name = source_name(source)
+        options = {"preprocess": preprocess, "multi": multi, "top_k": top_k, "threshold": threshold}
         try:
-            segments = self.prepare(source, preprocess=preprocess, multi=multi, max_pixels=max_pixels)
-        except NoDigitFound:
-            return Prediction(source=name, status=NO_DIGIT)
+            reading = self.read_image(source, max_pixels=max_pixels, **options)
         except ImageError as exc:
             return Prediction(source=name, status="error", error=str(exc))
-        pixels = np.stack([segment.pixels for segment in segments])
+        if not reading.found:
+            return Prediction(source=name, status=NO_DIGIT)
         if save_to is not None:
-            save_preprocessed(pixels, save_to)
-        readings = self.read(self.probabilities(pixels), top_k=top_k, threshold=threshold)
-        for reading, segment in zip(readings, segments, strict=True):
-            reading.box = segment.box
+            save_preprocessed(reading.pixels, save_to)
+        readings = reading.digits
         if not multi:
             best = readings[0]
             return Prediction(
@@ -287,7 +345,8 @@ def _unique_name(stem: str, used: set[str]) -> str:
     return name
 
 
-def _name(source: object) -> str:
+def source_name(source: object) -> str:
+    """How messages name an image: its path, or ``<bytes>``, ``<ndarray>``... for one in memory."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     return f"<{type(source).__name__}>"

@@ -49,6 +49,14 @@ class ImageError(UserError):
     """One input image cannot be used; the message names the file and why."""
 
 
+class ImageTooLarge(ImageError):
+    """The image has more pixels than allowed: refused from its header, before a pixel is decoded.
+
+    A type of its own so that callers tell it apart without reading the message: a server answers
+    it 413, like an oversized body, while every other ImageError is the image's content (422).
+    """
+
+
 class NoDigitFound(Exception):
     """The image is readable but holds no ink: blank, uniform or noise only."""
 
@@ -63,7 +71,7 @@ def load_grayscale(
 
     Every failure is an ImageError naming the file: unreadable path, zero bytes, not an image
     (or not PNG/JPEG/BMP/GIF/WebP/TIFF), truncated or corrupt data, or more than ``max_pixels``
-    pixels (checked from the header, before any pixel is decoded).
+    pixels (an ImageTooLarge, found from the header before any pixel is decoded).
     """
     if isinstance(source, Image.Image):
         return _to_grayscale(source)
@@ -87,14 +95,14 @@ def load_grayscale(
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image (or not one of {', '.join(FORMATS)})") from None
     except Image.DecompressionBombError:
-        raise ImageError(f"{name}: image too large: refused before decoding (limit {max_pixels:,} pixels)") from None
+        raise ImageTooLarge(f"{name}: image too large: refused before decoding (limit {max_pixels:,} pixels)") from None
     except Exception as exc:  # a damaged header makes the format plug-ins fail in many ways
         reason = _reason(exc)
         kind = "truncated image" if "truncat" in reason.lower() else "not a readable image"
         raise ImageError(f"{name}: {kind} ({reason})") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{name}: image too large: {width}x{height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,}; refused before decoding"
         )
@@ -105,7 +113,7 @@ def load_grayscale(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
     except Image.DecompressionBombError:
-        raise ImageError(f"{name}: image too large: refused before decoding (limit {max_pixels:,} pixels)") from None
+        raise ImageTooLarge(f"{name}: image too large: refused before decoding (limit {max_pixels:,} pixels)") from None
     except Exception as exc:  # truncated or corrupt pixel data
         reason = _reason(exc)
         kind = "truncated" if "truncat" in reason.lower() or isinstance(exc, EOFError) else "corrupt"

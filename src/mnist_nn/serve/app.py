@@ -1,12 +1,13 @@
 """The web app and REST API around one Predictor: a drawing page at ``/``, JSON at ``/api/...``.
 
-Every answer comes from the same ``Predictor`` the CLI uses (``prepare`` -> ``probabilities`` ->
-``read``), so the page, the API and ``mnist-nn predict`` cannot disagree about an image.
+Every answer comes from ``Predictor.read_image``, the one way from an image to an answer that
+``mnist-nn predict`` takes too, so the page, the API and the CLI cannot disagree about an image.
 
 Client mistakes are 4xx with a JSON ``{"detail": "..."}``: a body over the size limit is 413
 (refused from its Content-Length, or as soon as the streamed bytes pass the limit, never read
 whole into memory), an image with too many pixels (a decompression bomb) 413, a content type
-other than JSON or multipart 415, a malformed body or a wrong shape 422.
+other than JSON or multipart 415, a malformed body or a wrong shape 422. The statuses come from
+exception types, never from reading messages.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..predict import Predictor
-from ..preprocess import MNIST_SIZE, ImageError, NoDigitFound, image_pixels
+from ..predict import Predictor, source_name
+from ..preprocess import MNIST_SIZE, ImageError, ImageTooLarge, image_pixels
 from ..version import __version__
 
 log = logging.getLogger("mnist_nn.serve")
@@ -390,11 +391,15 @@ def warm_up(predictor: Predictor) -> list[str | int]:
 
 
 def _answer(predictor: Predictor, kind: str, body: bytes, name: str, preprocess: bool, max_pixels: int) -> dict:
-    """Parse, prepare, run and read one image with the Predictor's own steps (CPU-bound: see _is_small)."""
+    """Parse one request's image and read it the Predictor's one way (CPU-bound: see _is_small)."""
     source = parse_pixels(body) if kind == "application/json" else body
     try:
-        segments = predictor.prepare(source, preprocess=preprocess, max_pixels=max_pixels)
-    except NoDigitFound:
+        reading = predictor.read_image(source, preprocess=preprocess, top_k=3, max_pixels=max_pixels)
+    except ImageError as exc:
+        if exc.__cause__ is not None:  # the preprocessing failed unforeseen: keep the trace for us
+            log.warning("could not process %s", name, exc_info=exc.__cause__)
+        raise HTTPException(image_error_status(exc), str(exc).replace(source_name(source), name, 1)) from None
+    if not reading.found:
         return {
             "status": "no digit found",
             "label": None,
@@ -403,22 +408,17 @@ def _answer(predictor: Predictor, kind: str, body: bytes, name: str, preprocess:
             "top": [],
             "seen": None,
         }
-    except ImageError as exc:
-        detail = str(exc).replace("<bytes>", name, 1)
-        # A pixel bomb is refused from its header; it is "too large", like an oversized body.
-        raise HTTPException(413 if "image too large" in detail else 422, detail) from None
-    except Exception as exc:
-        # Whatever the image does to the preprocessing, it is the image's doing: a 422, not a 500.
-        log.warning("could not process %s", name, exc_info=exc)
-        raise HTTPException(422, f"{name}: could not process this image ({type(exc).__name__})") from None
-    pixels = segments[0].pixels
-    probabilities = predictor.probabilities(pixels)
-    reading = predictor.read(probabilities, top_k=3)[0]
+    digit = reading.digits[0]
     return {
         "status": "ok",
-        "label": reading.label,
-        "confidence": reading.confidence,
-        "probabilities": dict(zip(predictor.labels, probabilities[0].tolist(), strict=True)),
-        "top": reading.top,
-        "seen": np.clip(np.rint(pixels), 0, 255).astype(np.uint8).tolist(),
+        "label": digit.label,
+        "confidence": digit.confidence,
+        "probabilities": dict(zip(predictor.labels, reading.probabilities[0].tolist(), strict=True)),
+        "top": digit.top,
+        "seen": reading.seen[0].tolist(),
     }
+
+
+def image_error_status(exc: ImageError) -> int:
+    """The HTTP status for an unusable image, by its type: too many pixels is 413, like too many bytes."""
+    return 413 if isinstance(exc, ImageTooLarge) else 422
