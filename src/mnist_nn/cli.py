@@ -15,7 +15,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NoReturn
 
 from .device import DEVICE_CHOICES
@@ -94,8 +94,6 @@ NOT_FLAGS = ("name", "description", "dataset_overrides")
 
 
 def _recipe_fields() -> list[str]:
-    from dataclasses import fields
-
     from .recipes import Recipe
 
     return [f.name for f in fields(Recipe) if f.name not in NOT_FLAGS]
@@ -103,8 +101,6 @@ def _recipe_fields() -> list[str]:
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per Recipe field (--batch-size for batch_size, ...): the recipe is the single source of truth."""
-    from dataclasses import fields
-
     from .recipes import Recipe
 
     parsers = {"int": int, "float": float, "str": str, "dict[str, Any]": _json_object}
@@ -163,6 +159,7 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--compile",
+        dest="compile_model",
         action="store_true",
         help="torch.compile the model for training (CUDA: mode max-autotune with CUDA graphs); "
         "costs tens of seconds of compilation first, so it pays off only on long runs",
@@ -188,29 +185,16 @@ def _train(args: argparse.Namespace) -> int:
 
         get_recipe(args.recipe)  # a mistyped name is refused before torch loads (seconds)
     from .distributed import PeerFailed, env_rank
-    from .trainer import train
+    from .trainer import RunOptions, train
 
     overrides = {name: getattr(args, name) for name in _recipe_fields()}
     # Under torchrun rank 0 reports errors and interruptions; another rank stays quiet about what rank 0
     # reports, and names itself when the error is its own (e.g. its data folder is missing).
     rank = env_rank()
     try:
-        train(
-            args.recipe,
-            data_dir=args.data_dir,
-            out=args.out,
-            device=args.device,
-            quiet=args.quiet,
-            show=args.show,
-            tensorboard=args.tensorboard,
-            resume=args.resume,
-            checkpoint_every=args.checkpoint_every,
-            deterministic=args.deterministic,
-            compile_model=args.compile,
-            sync_bn=args.sync_bn,
-            dist_backend=args.dist_backend,
-            **overrides,
-        )
+        # Every run option with a flag of its own (`progress` has none: a bar shows on a terminal).
+        given = {field.name: getattr(args, field.name) for field in fields(RunOptions) if hasattr(args, field.name)}
+        train(args.recipe, RunOptions(**given), **overrides)
     except PeerFailed as exc:
         return exc.exit_code
     except UserError as exc:

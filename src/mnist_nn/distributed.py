@@ -20,9 +20,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, option
 
 BACKEND_CHOICES = ("auto", "gloo", "nccl")
+_NCCL_NEEDS_CUDA = (
+    f"{option('dist_backend', 'nccl')} needs CUDA GPUs; use {option('dist_backend', 'gloo')} (or auto) on the CPU"
+)
 T = TypeVar("T")
 
 
@@ -217,19 +220,21 @@ def setup(device: torch.device, backend: str = "auto") -> tuple[Context, torch.d
     ranks = launched_ranks()
     if ranks is None:
         if backend == "nccl" and device.type != "cuda":
-            raise UserError("--dist-backend nccl needs CUDA GPUs; use --dist-backend gloo (or auto) on the CPU")
+            raise UserError(_NCCL_NEEDS_CUDA)
         return Context(), device
     if not dist.is_available():
         raise UserError("this PyTorch build has no torch.distributed: it cannot train on several processes")
     rank, world, local_rank = ranks
     if device.type == "mps":
-        raise UserError("training on several processes needs --device cpu or cuda (PyTorch has no MPS backend for it)")
+        raise UserError(
+            f"training on several processes needs {option('device', 'cpu')} or cuda (PyTorch has no MPS backend for it)"
+        )
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
-        raise UserError("--dist-backend nccl needs CUDA GPUs; use --dist-backend gloo (or auto) on the CPU")
+        raise UserError(_NCCL_NEEDS_CUDA)
     if backend == "nccl" and not dist.is_nccl_available():
-        raise UserError("this PyTorch build has no NCCL; use --dist-backend gloo")
+        raise UserError(f"this PyTorch build has no NCCL; use {option('dist_backend', 'gloo')}")
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UserError(
@@ -271,8 +276,8 @@ def check_batch_size(batch_size: int, world_size: int) -> None:
     if world_size > 1 and batch_size % world_size:
         raise UserError(
             f"batch size {batch_size} is not divisible by the {world_size} processes: the batch size is the global "
-            f"one, split evenly across processes; choose a multiple of {world_size} (e.g. --batch-size "
-            f"{batch_size - batch_size % world_size or world_size})"
+            f"one, split evenly across processes; choose a multiple of {world_size} (e.g. "
+            f"{option('batch_size', batch_size - batch_size % world_size or world_size)})"
         )
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from .checkpoint import TrainState
 from .data import Splits, load_dataset, normalize, split_indices
 from .distributed import Context, check_batch_size
-from .errors import UserError
+from .errors import UserError, option
 from .fsutil import ensure_writable_dir
 from .models import get_model_spec
 from .recipes import Recipe, get_recipe
@@ -56,7 +56,7 @@ def check_output_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"output folder {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):
-        raise UserError(f"output folder {path} already exists and is not empty; choose another --out")
+        raise UserError(f"output folder {path} already exists and is not empty; choose another {option('out')}")
 
 
 @dataclass
@@ -98,8 +98,8 @@ def plan_run(
         deterministic = options.get("deterministic", False) if deterministic is None else deterministic
         if sync_bn is not None and sync_bn != options.get("sync_bn", False):
             raise UserError(
-                f"--resume continues {run_dir} with its saved options; --sync-bn would change it "
-                "(drop it, or start a new run with --out)"
+                f"{option('resume')} continues {run_dir} with its saved options; {option('sync_bn')} would change "
+                f"it (drop it, or start a new run with {option('out')})"
             )
         sync_bn = options.get("sync_bn", False)
     else:
@@ -124,7 +124,7 @@ def check_run_dir(run_dir: Path, model: nn.Module, recipe: Recipe, train_size: i
     if 0 < tail < world_size:
         raise UserError(
             f"the last batch of each epoch holds {tail} image(s), fewer than the {world_size} processes "
-            "that share it; choose another --batch-size"
+            f"that share it; choose another {option('batch_size')}"
         )
 
 
@@ -156,7 +156,7 @@ def load_run_data(
     if recorded is not None and splits.checksums != recorded["md5"]:
         raise UserError(
             f"the {spec.name} files in {splits.folder} differ from those run {run_dir} was trained on "
-            "(their MD5s do not match); pass --data-dir with the original files"
+            f"(their MD5s do not match); pass {option('data_dir')} with the original files"
         )
     mean, std = (spec.mean, spec.std) if recipe.normalization == "standard" else (0.0, 1.0)
     train_index, val_index = split_indices(len(splits.train_labels), recipe.val_size, recipe.seed)

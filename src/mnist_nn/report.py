@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import plots
-from .errors import UserError
+from .errors import UserError, option
 from .evaluate import Evaluation
 from .fsutil import atomic_write, write_json
 
@@ -30,7 +30,9 @@ def summary_writer_class() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("--tensorboard needs the tensorboard package: pip install 'mnist-nn[tensorboard]'") from None
+        raise UserError(
+            f"{option('tensorboard')} needs the tensorboard package: pip install 'mnist-nn[tensorboard]'"
+        ) from None
     return SummaryWriter
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .checkpoint import TrainState
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, option
 from .recipes import Recipe
 
 # The resumable training state: rewritten atomically every epoch (and every --checkpoint-every steps).
@@ -47,19 +47,19 @@ def open_resume(
     saved = TrainState.load(state_path)
     conflicts = []
     if out is not None and Path(out).resolve() != run_dir.resolve():
-        conflicts.append(f"--out {out} (the run stays in {run_dir})")
+        conflicts.append(f"{option('out', str(out))} (the run stays in {run_dir})")
     saved_recipe = saved.recipe if isinstance(saved.recipe, dict) else {}
     if recipe is not None:
         name = recipe if isinstance(recipe, str) else recipe.name
         if name != saved_recipe.get("name") or (isinstance(recipe, Recipe) and recipe.to_dict() != saved_recipe):
-            conflicts.append(f"--recipe {name} (the run's recipe is {saved_recipe.get('name')})")
+            conflicts.append(f"{option('recipe', name)} (the run's recipe is {saved_recipe.get('name')})")
     for key, value in overrides.items():
         if value is not None and saved_recipe.get(key, value) != value:
             conflicts.append(f"--{key.replace('_', '-')} {value} (the run's is {saved_recipe[key]})")
     if conflicts:
         raise UserError(
-            f"--resume continues {run_dir} with its saved recipe; these would change it: {'; '.join(conflicts)} "
-            "(drop them, or start a new run with --out)"
+            f"{option('resume')} continues {run_dir} with its saved recipe; these would change it: "
+            f"{'; '.join(conflicts)} (drop them, or start a new run with {option('out')})"
         )
     return run_dir, saved
 

@@ -35,7 +35,7 @@ from .checkpoint import CheckpointMeta, Position, TrainState, load_weights, save
 from .data import DeviceLoader
 from .device import configure_cpu, make_deterministic, prepare_backend, resolve_device, resolve_precision
 from .ema import ModelEMA
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, option
 from .evaluate import Evaluation, evaluate
 from .models import build_model, convert_sync_batchnorm, count_parameters, get_model_spec
 from .prepare import (
@@ -357,14 +357,16 @@ class Trainer:
         """Train the epochs left, then score the test set and write the results."""
         wall_start = time.perf_counter() if wall_start is None else wall_start
         with write_errors(self.run_dir, self.state_path):
-            self.begin()
-            first = self.start
-            epochs = range(first.epoch, self.recipe.epochs + 1) if not first.finished else range(0)
-            with stop_on_signals(self.stop), self.report.metrics_file():
-                for epoch in epochs:
-                    train_loss = self.train_one_epoch(epoch, first.batch if epoch == first.epoch else 0)
-                    if self.end_epoch(epoch, train_loss):
-                        break
+            # Signals are caught from the first save on: one that comes before the first step stops after it.
+            with stop_on_signals(self.stop):
+                self.begin()
+                first = self.start
+                epochs = range(first.epoch, self.recipe.epochs + 1) if not first.finished else range(0)
+                with self.report.metrics_file():
+                    for epoch in epochs:
+                        train_loss = self.train_one_epoch(epoch, first.batch if epoch == first.epoch else 0)
+                        if self.end_epoch(epoch, train_loss):
+                            break
             summary, figures = self.finish(wall_start)
         if self.context.is_main():
             chosen = f" (epoch {summary['selected_epoch']}, best on validation)" if self.recipe.val_size else ""
@@ -476,8 +478,8 @@ class Trainer:
             raise UserError(
                 f"training diverged: the loss became NaN or infinite in epoch {epoch}, batches {self.checked + 1}-"
                 f"{batch} of {self.batches} (learning rate {lr:g}); the last good state (epoch {saved_epoch}, batch "
-                f"{saved_batch}) is kept in {self.state_path}; try a lower learning rate, e.g. --lr "
-                f"{self.recipe.lr / 10:g}, or --grad-clip 1"
+                f"{saved_batch}) is kept in {self.state_path}; try a lower learning rate, e.g. "
+                f"{option('lr', metavar=f'{self.recipe.lr / 10:g}')}, or {option('grad_clip', 1)}"
             )
         self.checked = batch
         return total
