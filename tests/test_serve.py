@@ -183,6 +183,20 @@ def test_openapi_documents_the_api(client):
     assert set(spec["paths"]) == {"/api/predict", "/api/health", "/api/model"}
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
+    # Every status each operation answers, every error with the one body shape it really has.
+    statuses = {path: set(next(iter(item.values()))["responses"]) for path, item in spec["paths"].items()}
+    assert statuses == {
+        "/api/predict": {"200", "400", "413", "415", "422", "500"},
+        "/api/health": {"200", "400", "413", "422", "500"},
+        "/api/model": {"200", "400", "413", "422", "500"},
+    }
+    for item in spec["paths"].values():
+        for status, response in next(iter(item.values()))["responses"].items():
+            schema = response["content"]["application/json"]["schema"]["$ref"]
+            assert status == "200" or schema == "#/components/schemas/ErrorResponse"
+    assert spec["components"]["schemas"]["ErrorResponse"]["properties"] == {
+        "detail": {"type": "string", "title": "Detail"}
+    }
     docs = client.get("/docs")
     assert docs.status_code == 200
     # Swagger UI's own scripts come from this server, not a CDN: the docs page works offline.
@@ -200,7 +214,10 @@ def test_no_request_can_make_the_server_load_a_checkpoint(client, monkeypatch):
     pixels = [[0] * 28] * 28
     response = client.post("/api/predict", json={"pixels": pixels, "checkpoint": "/etc/passwd"})
     assert response.status_code == 200
-    assert client.post("/api/predict", params={"checkpoint": "model.pt"}, json={"pixels": pixels}).status_code == 200
+    # A query parameter the API does not take is refused, not ignored as if it had been obeyed.
+    refused = client.post("/api/predict", params={"checkpoint": "model.pt"}, json={"pixels": pixels})
+    assert refused.status_code == 422
+    assert refused.json() == {"detail": "unknown query parameter 'checkpoint': /api/predict takes only 'preprocess'"}
 
 
 @pytest.mark.realdata
@@ -372,6 +389,22 @@ def test_malformed_json_or_wrong_shape_is_422_with_a_message(client, body, messa
             "malformed multipart body",
         ),
         ({"content": b"whatever", "headers": {"content-type": "multipart/form-data"}}, "malformed multipart body"),
+        (
+            {"files": {"image": ("digit.png", png_bytes(drawn_one()), "image/png")}},
+            'the file came in the multipart field "image": send the image in the multipart field "file"',
+        ),
+        (
+            {"files": {"file": (None, "not a file part")}},
+            'the multipart field "file" holds text, not a file',
+        ),
+        (
+            {"files": [("file", ("a.png", b"1", "image/png")), ("file", ("b.png", b"2", "image/png"))]},
+            "malformed multipart body: Too many files",
+        ),
+        (
+            {"files": {"file": ("digit.png", png_bytes(drawn_one()), "image/png"), "note": (None, "a 7")}},
+            'unexpected multipart field "note": send the image alone, in the multipart field "file"',
+        ),
     ],
 )
 def test_bad_uploads_are_422_with_a_message(client, request_kwargs, message):
@@ -383,6 +416,14 @@ def test_bad_uploads_are_422_with_a_message(client, request_kwargs, message):
 def test_bad_query_and_unknown_routes_are_4xx_json(client):
     response = client.post("/api/predict", params={"preprocess": "maybe"}, json={"pixels": [[0] * 28] * 28})
     assert response.status_code == 422 and "detail" in response.json()
+    # One line, like every other error of this API (FastAPI's own answer is a list of objects).
+    assert response.json() == {
+        "detail": "query parameter preprocess: Input should be a valid boolean, unable to interpret input"
+    }
+    for path in ("/api/health", "/api/model"):
+        unknown = client.get(path, params={"verbose": "1"})
+        assert unknown.status_code == 422
+        assert unknown.json() == {"detail": f"unknown query parameter 'verbose': {path} takes no query parameters"}
     assert client.get("/api/predict").status_code == 405
     missing = client.get("/api/nothing")
     assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}

@@ -6,17 +6,21 @@ Every answer comes from ``Predictor.read_image``, the one way from an image to a
 Client mistakes are 4xx with a JSON ``{"detail": "..."}``: a body over the size limit is 413
 (refused from its Content-Length, or as soon as the streamed bytes pass the limit, never read
 whole into memory), an image with too many pixels (a decompression bomb) 413, a content type
-other than JSON or multipart 415, a malformed body or a wrong shape 422. The statuses come from
-exception types, never from reading messages.
+other than JSON or multipart 415; a malformed body, a wrong shape, a form other than one file in
+the field "file", or a query parameter that is unknown or bad 422. Every status an operation can
+answer is in /openapi.json with the body it has (tests/test_api_contract.py holds the app to it),
+and the statuses come from exception types, never from reading messages.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +28,14 @@ import numpy as np
 import orjson
 from anyio import CapacityLimiter
 from anyio.to_thread import run_sync
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -98,6 +103,9 @@ class ErrorResponse(BaseModel):
 PIXELS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["pixels"],
+    # Other fields are allowed, as a JSON schema allows them by default, and ignored: no field can
+    # make the server load a checkpoint or a file.
+    "description": 'fields other than "pixels" are ignored',
     "properties": {
         "pixels": {
             "type": "array",
@@ -117,8 +125,57 @@ UPLOAD_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary", "description": "PNG, JPEG, BMP, GIF, WebP, TIFF"}},
+    # Every part of a form is text or a file on the wire, so the schema of any other field could not
+    # be checked: there are none. A file under another name is refused too, naming "file".
+    "additionalProperties": False,
+    "description": 'one field, "file", holding the image as a file',
 }
-ERRORS = {code: {"model": ErrorResponse} for code in (413, 415, 422)}
+
+
+def documented_errors(
+    statuses: tuple[int, ...], *, images: bool, max_body_bytes: int = MAX_BODY_BYTES, max_pixels: int = MAX_PIXELS
+) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entries for these error statuses, each a one-line {"detail": "..."}.
+
+    ``images``: whether the operation reads an image, and so has more ways to refuse a request.
+    """
+    too_large = f"the body is over {max_body_bytes:,} bytes: refused before it is read whole"
+    unreadable = "a query parameter the operation does not take"
+    if images:
+        too_large += f"; or the image has over {max_pixels:,} pixels: refused before it is decoded"
+        unreadable += (
+            ", or preprocess not a boolean; malformed JSON, or pixels that are not 28 rows of 28 numbers 0-255; "
+            'a malformed multipart body, or no file in its field "file"; a file that is not a readable PNG, '
+            "JPEG, BMP, GIF, WebP or TIFF image; with preprocess=false, an image other than 28x28"
+        )
+    why = {
+        400: "the Content-Length header is not a number",
+        413: too_large,
+        415: "a content type other than multipart/form-data or application/json",
+        422: unreadable,
+        500: 'a fault in the server (logged there); the answer is {"detail": "internal server error"}',
+    }
+    return {status: {"model": ErrorResponse, "description": why[status]} for status in statuses}
+
+
+# Any request may carry a body (the size limit and the Content-Length check apply to every route)
+# and a query string (a parameter the route does not take is refused).
+ROUTE_ERRORS = (400, 413, 422, 500)
+
+
+def only_query(*names: str) -> Any:
+    """A route dependency: 422 for a query parameter other than ``names``, as the schema lists none.
+
+    Ignoring it would answer as if it had been obeyed (``?checkpoint=...``, ``?preprocess_=false``).
+    """
+
+    async def check(request: Request) -> None:
+        unknown = [name for name in request.query_params if name not in names]
+        if unknown:
+            takes = f"takes only {', '.join(map(repr, names))}" if names else "takes no query parameters"
+            raise HTTPException(422, f"unknown query parameter {unknown[0]!r}: {request.url.path} {takes}")
+
+    return Depends(check)
 
 
 # --------------------------------------------------------------------------- body size limit
@@ -205,6 +262,36 @@ def create_app(
     (default: the CPU count). More threads than cores only queue behind Python's lock and
     stretch every request's latency.
     """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # FastAPIOffline serves Swagger UI's scripts from the package itself: /docs works without internet.
+    app = FastAPIOffline(
+        title="mnist-nn",
+        version=__version__,
+        description="Handwritten-digit recognition: draw at `/`, or POST an image or 28x28 pixels to `/api/predict`.",
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    _add_error_handlers(app)
+    errors = functools.partial(documented_errors, max_body_bytes=max_body_bytes, max_pixels=max_pixels)
+    _add_page_and_info(app, predictor, errors)
+    _add_predict(app, predictor, errors, CapacityLimiter(workers or cpus), max_pixels)
+    app.mount("/static", _HeaderedStatic(directory=STATIC), name="static")
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI answers a list of error objects; this API's every error is one {"detail": "..."} line.
+        return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, never a client's doing (client input is caught in predict): log it, answer without internals.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def _add_page_and_info(app: FastAPI, predictor: Predictor, errors: Callable[..., dict]) -> None:
     model_name = str(predictor.metadata.get("model", "model"))
     info = ModelInfo(
         name=model_name,
@@ -213,39 +300,32 @@ def create_app(
         labels=list(predictor.labels),
         test_accuracy=predictor.metadata.get("test_accuracy"),
     )
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    limiter = CapacityLimiter(workers or cpus)
-
-    # FastAPIOffline serves Swagger UI's scripts from the package itself: /docs works without internet.
-    app = FastAPIOffline(
-        title="mnist-nn",
-        version=__version__,
-        description="Handwritten-digit recognition: draw at `/`, or POST an image or 28x28 pixels to `/api/predict`.",
-    )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        # A bug, never a client's doing (client input is caught in predict): log it, answer without internals.
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=_page_headers())
 
-    @app.get("/api/health", response_model=Health, tags=["api"])
+    documented = {"responses": errors(ROUTE_ERRORS, images=False), "dependencies": [only_query()], "tags": ["api"]}
+
+    @app.get("/api/health", response_model=Health, **documented)
     async def health() -> Health:
         return Health(status="ok", model=model_name, version=__version__)
 
-    @app.get("/api/model", response_model=ModelInfo, tags=["api"])
+    @app.get("/api/model", response_model=ModelInfo, **documented)
     async def model() -> ModelInfo:
         return info
+
+
+def _add_predict(
+    app: FastAPI, predictor: Predictor, errors: Callable[..., dict], limiter: CapacityLimiter, max_pixels: int
+) -> None:
+    model_name = str(predictor.metadata.get("model", "model"))
 
     @app.post(
         "/api/predict",
         response_model=PredictResponse,
-        responses=ERRORS,
+        responses=errors((*ROUTE_ERRORS, 415), images=True),
+        dependencies=[only_query("preprocess")],
         tags=["api"],
         openapi_extra={
             "requestBody": {
@@ -289,9 +369,6 @@ def create_app(
         # Built to PredictResponse's shape by _answer; returned as is, skipping a second validation per
         # request, and encoded by orjson: 5 us instead of the json module's 90 for the 784 "seen" pixels.
         return Response(orjson.dumps(result), media_type="application/json")
-
-    app.mount("/static", _HeaderedStatic(directory=STATIC), name="static")
-    return app
 
 
 class _HeaderedStatic(StaticFiles):
@@ -337,22 +414,46 @@ def parse_pixels(body: bytes) -> np.ndarray:
 
 
 async def read_upload(request: Request) -> tuple[bytes, str]:
-    """The one uploaded file's bytes and name; 422 for a malformed form or one without a file."""
+    """The bytes and name of the file in the field "file"; 422 for a malformed form or any other form."""
     try:
+        # The parser's own limits bound the work for a hostile form; what passes is checked below.
         form = await request.form(max_files=1, max_fields=8)
     except BodyTooLarge:
         raise
     except HTTPException as exc:  # Starlette's 400 for a malformed multipart body
         raise HTTPException(422, f"malformed multipart body: {exc.detail}") from None
     try:
-        uploads = [value for value in form.values() if isinstance(value, UploadFile)]
-        if not uploads:
-            raise HTTPException(422, 'no file in the upload: send the image in the multipart field "file"')
-        upload = form.get("file") if isinstance(form.get("file"), UploadFile) else uploads[0]
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile) or len(form) > 1:
+            raise HTTPException(422, _form_problem(form))
         data = await upload.read()
         return data, upload.filename or "upload"
     finally:
         await form.close()
+
+
+def _form_problem(form: FormData) -> str:
+    """Why a form other than one file in the field "file" is refused, naming the field it expects."""
+    elsewhere = [key for key, value in form.multi_items() if isinstance(value, UploadFile) and key != "file"]
+    if elsewhere:
+        return f'the file came in the multipart field "{elsewhere[0]}": send the image in the multipart field "file"'
+    if "file" in form and not isinstance(form["file"], UploadFile):
+        return 'the multipart field "file" holds text, not a file: send the image in it as a file, with a filename'
+    if "file" not in form:
+        return 'no file in the upload: send the image in the multipart field "file"'
+    other = next(key for key in form if key != "file")
+    return f'unexpected multipart field "{other}": send the image alone, in the multipart field "file"'
+
+
+def validation_detail(exc: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line: 'query parameter preprocess: Input should be ...'."""
+    reasons = []
+    for error in exc.errors():
+        where, *names = [str(part) for part in error.get("loc", ())] or ["request"]
+        place = f"{where} parameter {'.'.join(names)}" if names else where
+        reasons.append(f"{place}: {error.get('msg', 'invalid')}")
+    # A message may quote the input, newlines and all: the detail stays one line.
+    return " ".join("; ".join(reasons).split()) or "invalid request"
 
 
 # --------------------------------------------------------------------------- inference
