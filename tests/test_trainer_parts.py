@@ -231,3 +231,45 @@ def test_checkpoints_written_by_the_old_trainer_load(compat_dataset, tmp_path, c
     assert main(["evaluate", str(OLD_RUNS / "finished" / "model.pt"), "--data-dir", str(compat_dataset),
                  "--out", str(tmp_path / "evaluation"), "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------- what a live view reads
+
+
+def _toy_run(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--dataset", "toy", "--model", "mlp", "--model-kwargs", '{"hidden": [16]}',
+                 "--batch-size", "32", "--val-size", "100", "--epochs", "3", "--log-every", "4", "--shuffle",
+                 "--quiet", "--data-dir", str(data), "--out", str(out), *extra])  # fmt: skip
+
+
+def test_batch_losses_and_sample_predictions_are_recorded_and_survive_a_resume(toy_dataset, tmp_path, monkeypatch):
+    assert _toy_run(toy_dataset, tmp_path / "whole") == 0
+    points = [json.loads(line) for line in (tmp_path / "whole" / "batches.jsonl").read_text().splitlines()]
+    assert [(p["epoch"], p["batch"]) for p in points] == [(e, b) for e in (1, 2, 3) for b in (4, 8, 12, 16)]
+    assert [p["step"] for p in points] == [16 * (e - 1) + b for e in (1, 2, 3) for b in (4, 8, 12, 16)]
+    assert points[-1]["train_loss"] < points[0]["train_loss"]
+    samples = json.loads((tmp_path / "whole" / "samples.json").read_text())
+    assert len(samples["labels"]) == 10 and len(samples["pixels"]) == 10 and len(samples["pixels"][0]) == 28
+    assert [e["epoch"] for e in samples["epochs"]] == [1, 2, 3]
+    assert all(len(e["predictions"]) == 10 and all(0 < c <= 1 for c in e["confidences"]) for e in samples["epochs"])
+
+    # Stopped by SIGINT in epoch 2 (after a save every 5 steps), then resumed: the same files.
+    import signal
+
+    import mnist_nn.trainer as trainer
+
+    real, calls = trainer.lr_factor, [0]
+
+    def interrupt_at_step_22(*args):
+        calls[0] += 1
+        if calls[0] == 22:
+            signal.raise_signal(signal.SIGINT)
+        return real(*args)
+
+    monkeypatch.setattr(trainer, "lr_factor", interrupt_at_step_22)
+    assert _toy_run(toy_dataset, tmp_path / "cut", "--schedule", "cosine", "--checkpoint-every", "5") == 130
+    monkeypatch.setattr(trainer, "lr_factor", real)
+    assert _toy_run(toy_dataset, tmp_path / "ref", "--schedule", "cosine", "--checkpoint-every", "5") == 0
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    for name in ("batches.jsonl", "samples.json"):
+        assert (tmp_path / "cut" / name).read_text() == (tmp_path / "ref" / name).read_text(), name

@@ -23,6 +23,16 @@ from .evaluate import Evaluation
 from .fsutil import atomic_write, write_json
 
 METRICS_NAME = "metrics.jsonl"
+# The training loss every log_every batches, and the sample digits' predictions after each epoch:
+# what a live view of the run (``mnist-nn watch``) draws besides metrics.jsonl.
+BATCHES_NAME = "batches.jsonl"
+SAMPLES_NAME = "samples.json"
+SAMPLE_COUNT = 10
+
+
+def sample_indices(test_size: int, seed: int) -> torch.Tensor:
+    """The test digits a run shows (the predictions figure, the live view): seeded, the same every epoch."""
+    return torch.randperm(test_size, generator=torch.Generator().manual_seed(seed))[:SAMPLE_COUNT]
 
 
 def summary_writer_class() -> type:
@@ -47,10 +57,13 @@ class RunReport:
         self.quiet = quiet or not main
         self.show_bar = (sys.stderr.isatty() if progress is None else progress) and not quiet and main
         self.metrics_path = run_dir / METRICS_NAME
+        self.batches_path = run_dir / BATCHES_NAME
+        self.samples: dict[str, Any] = {}
         self._board_class = summary_writer_class() if tensorboard and main else None
         self._board: Any = None
         self._bar: Any = None
         self._metrics: Any = None
+        self._batches: Any = None
 
     # ----------------------------------------------------------------- console
 
@@ -84,15 +97,22 @@ class RunReport:
 
     # ----------------------------------------------------------------- files
 
-    def start(self, config: dict[str, Any], history: list[dict[str, Any]], resumed: bool) -> None:
-        """config.json (kept when resuming) and metrics.jsonl as the state knows it: rows written after
-        the state (a kill between the metrics line and the state) are dropped here and recorded again."""
+    def start(self, config: dict[str, Any], history: list[dict[str, Any]], step: int, resumed: bool) -> None:
+        """config.json (kept when resuming), and metrics.jsonl, batches.jsonl and samples.json as the state
+        knows them: rows written after it (a kill between a line and the state) are dropped here and
+        recorded again."""
         if not self.main:
             return
         if not resumed or not (self.run_dir / "config.json").exists():
             write_json(self.run_dir / "config.json", config)
-        text = "".join(json.dumps(row) + "\n" for row in history)
-        atomic_write(self.metrics_path, lambda handle: handle.write(text.encode()))
+        _rewrite_lines(self.metrics_path, history)
+        _rewrite_lines(self.batches_path, [row for row in _read_lines(self.batches_path) if row["step"] <= step])
+        samples = self.run_dir / SAMPLES_NAME
+        if resumed and samples.exists():
+            with contextlib.suppress(ValueError, KeyError, OSError):
+                self.samples = json.loads(samples.read_text())
+                done = {row["epoch"] for row in history}
+                self.samples["epochs"] = [e for e in self.samples["epochs"] if e["epoch"] in done]
 
     def open_board(self, history: list[dict[str, Any]]) -> None:
         if self._board_class is not None:
@@ -101,16 +121,35 @@ class RunReport:
 
     @contextlib.contextmanager
     def metrics_file(self) -> Iterator[None]:
-        """metrics.jsonl open for appending while the loop runs."""
+        """metrics.jsonl and batches.jsonl open for appending while the loop runs."""
         if not self.main:
             yield
             return
-        with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            self._metrics = handle
+        with open(self.metrics_path, "a", encoding="utf-8") as metrics, open(self.batches_path, "a") as batches:
+            self._metrics, self._batches = metrics, batches
             try:
                 yield
             finally:
-                self._metrics = None
+                self._metrics = self._batches = None
+
+    def log_point(self, epoch: int, batch: int, step: int, loss: float) -> None:
+        """The training loss of one batch, every log_every batches (flushed: a live view reads it)."""
+        if self._batches is not None:
+            self._batches.write(json.dumps({"epoch": epoch, "batch": batch, "step": step, "train_loss": loss}) + "\n")
+            self._batches.flush()
+
+    def record_samples(
+        self, epoch: int, images: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor
+    ) -> None:
+        """samples.json: the sample test digits (0-255) and, per epoch so far, what the model answered."""
+        if not self.main:
+            return
+        if not self.samples:
+            self.samples = {"labels": labels.tolist(), "pixels": images.tolist(), "epochs": []}
+        confidence, predicted = probabilities.max(1)
+        answer = {"epoch": epoch, "predictions": predicted.tolist(), "confidences": confidence.tolist()}
+        self.samples["epochs"] = [e for e in self.samples["epochs"] if e["epoch"] != epoch] + [answer]
+        write_json(self.run_dir / SAMPLES_NAME, self.samples)
 
     def record(self, row: dict[str, Any]) -> None:
         """One epoch's metrics line, flushed before the state that counts the epoch as done is written."""
@@ -158,7 +197,7 @@ def write_figures(
 ) -> list[Path]:
     """The loss and accuracy curves, and 10 random test digits (seeded) with true and predicted labels."""
     eval_split = history[-1]["eval_split"]
-    sample = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(seed))[:10]
+    sample = sample_indices(len(test.labels), seed)
     return [
         plots.save_figure(plots.loss_curve(history, eval_split), run_dir / "loss.png"),
         plots.save_figure(plots.accuracy_curve(history, eval_split), run_dir / "accuracy.png"),
@@ -173,6 +212,23 @@ def write_figures(
             run_dir / "predictions.png",
         ),
     ]
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` (none if it is missing); a line cut short by a kill ends the list."""
+    rows = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+    return rows
+
+
+def _rewrite_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def show(figures: list[Path]) -> None:

@@ -36,7 +36,7 @@ from .data import DeviceLoader
 from .device import configure_cpu, make_deterministic, prepare_backend, resolve_device, resolve_precision
 from .ema import ModelEMA
 from .errors import Interrupted, UserError, option
-from .evaluate import Evaluation, evaluate
+from .evaluate import Evaluation, evaluate, model_outputs
 from .models import build_model, convert_sync_batchnorm, count_parameters, get_model_spec
 from .prepare import (
     RunData,
@@ -49,7 +49,7 @@ from .prepare import (
     run_config,
 )
 from .recipes import Recipe
-from .report import RunReport, show
+from .report import RunReport, sample_indices, show
 from .resume import (
     StopRequest,
     damaged_state,
@@ -305,10 +305,10 @@ class Trainer:
             loss = self.train_step(inputs, targets)
             if batch % self.recipe.log_every == 0:
                 self.check_finite(epoch, batch)
-                if not self.options.quiet:
-                    # Under DDP every rank takes part in the sum (only rank 0 prints it).
-                    value = self.context.all_reduce_sum(loss.detach().clone()).item()
-                    self.report.log(f"  loss: {value:>8f}  [batch {batch:>5}/{self.batches}]")
+                # Under DDP every rank takes part in the sum (only rank 0 prints and records it).
+                value = self.context.all_reduce_sum(loss.detach().clone()).item()
+                self.report.log(f"  loss: {value:>8f}  [batch {batch:>5}/{self.batches}]")
+                self.report.log_point(epoch, batch, self.step, value)
             self.report.advance()
             self.after_step(epoch, batch)
         total = self.check_finite(epoch, self.batches)
@@ -340,6 +340,7 @@ class Trainer:
         }
         self.history.append(row)
         self.report.epoch_line(row, recipe.epochs)
+        self.context.run_on_main(lambda: self._record_samples(epoch))
         if recipe.val_size and result.accuracy > self.best["accuracy"]:
             self.best = {"accuracy": result.accuracy, "epoch": epoch, "state": _copy_state(self.eval_model)}
         early_stop = bool(recipe.patience and recipe.val_size and epoch - self.best["epoch"] >= recipe.patience)
@@ -352,6 +353,13 @@ class Trainer:
         if signum is not None:
             raise self.interrupted(signum, f"after epoch {epoch}/{recipe.epochs}")
         return False
+
+    def _record_samples(self, epoch: int) -> None:
+        """What the model now answers for the run's sample test digits (for a live view of the run)."""
+        index = sample_indices(len(self.data.test_y), self.recipe.seed)
+        logits = model_outputs(self.eval_model, self.data.test_x[index], len(index))
+        digits = self.data.splits.test_images[index]
+        self.report.record_samples(epoch, digits, self.data.splits.test_labels[index], logits.softmax(1).cpu())
 
     def fit(self, wall_start: float | None = None) -> RunResult:
         """Train the epochs left, then score the test set and write the results."""
@@ -388,7 +396,7 @@ class Trainer:
         def write_start() -> None:
             if resumed:
                 remove_stale_temp_files(self.run_dir)
-            self.report.start(self.config, self.history, resumed)
+            self.report.start(self.config, self.history, self.step, resumed)
 
         self.context.run_on_main(write_start)
         recipe, first = self.recipe, self.start
