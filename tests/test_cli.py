@@ -326,6 +326,7 @@ def test_train_and_evaluate_on_toy_data(tmp_path, capsys, toy_dataset):
     files = {p.name for p in out.iterdir()}
     expected = {"accuracy.png", "config.json", "loss.png", "metrics.jsonl", "model.pt", "predictions.png"}
     expected |= {"summary.json", "state.pt"}  # state.pt: the resumable training state
+    expected |= {"batches.jsonl", "samples.json"}  # for a live view: the loss every log_every batches, sample digits
     # The best validation epoch is model.pt; the final weights are kept as last.pt when they differ.
     assert files == expected | ({"last.pt"} if summary["selected_epoch"] != 3 else set())
     for png in ("accuracy.png", "loss.png", "predictions.png"):
