@@ -196,7 +196,7 @@ def test_quick_start_commands_run(sandbox):
             )
             assert result.returncode == 0, f"`{command}` failed ({result.returncode}):\n{result.stderr[-3000:]}"
             if argv[0] == "train":
-                assert "test accuracy" in result.stdout and re.search(r"for 1 epochs?\b", result.stdout), result.stdout
+                assert "test accuracy" in result.stdout and re.search(r"for 1 epoch\b", result.stdout), result.stdout
             if argv[0] == "predict":
                 assert Path(argv[2]).name in result.stdout, result.stdout
         ran.append(command)
