@@ -192,7 +192,6 @@ def evaluate_checkpoint(
     classes = splits.spec.classes
     matrix = result.confusion_matrix()
     mistakes = result.most_confident_mistakes(20)
-    confidences = result.logits.exp().max(1).values
     name = checkpoints[0].model_name if len(checkpoints) == 1 else f"ensemble of {len(checkpoints)}"
     report = {
         "checkpoint": str(checkpoints[0].path) if len(checkpoints) == 1 else [str(c.path) for c in checkpoints],
@@ -205,6 +204,7 @@ def evaluate_checkpoint(
         "errors": int((result.predictions != result.labels).sum()),
         "per_class_accuracy": dict(zip(classes, result.per_class_accuracy(), strict=True)),
         "confusion_matrix": matrix.tolist(),
+        "most_confused": most_confused(matrix.tolist(), classes),
         "classes": list(classes),
         "files": {"confusion": str(out_dir / "confusion.png"), "mistakes": str(out_dir / "mistakes.png")},
     }
@@ -224,7 +224,7 @@ def evaluate_checkpoint(
             result.predictions[mistakes].tolist(),
             classes,
             title=f"The {len(mistakes)} most confident mistakes on the test set",
-            confidences=confidences[mistakes].tolist(),
+            confidences=result.logits[mistakes].exp().max(1).values.tolist(),
         ),
         out_dir / "mistakes.png",
     )
@@ -232,8 +232,29 @@ def evaluate_checkpoint(
     return report
 
 
+MOST_CONFUSED = 10
+
+
+def most_confused(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], top: int = MOST_CONFUSED, min_count: int = 1
+) -> list[dict[str, Any]]:
+    """The pairs of classes most often mistaken, as fastai's ``most_confused``: off-diagonal cells, largest first.
+
+    ``matrix[i][j]`` counts images of class i predicted as j. Returns up to ``top`` entries
+    ``{"true", "predicted", "count"}`` with a count of at least ``min_count``; ties keep class order.
+    """
+    pairs = [
+        (int(count), i, j)
+        for i, row in enumerate(matrix)
+        for j, count in enumerate(row)
+        if i != j and count >= min_count
+    ]
+    pairs.sort(key=lambda pair: (-pair[0], pair[1], pair[2]))
+    return [{"true": classes[i], "predicted": classes[j], "count": count} for count, i, j in pairs[:top]]
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """The report as terminal text: totals, per-class accuracy and the confusion matrix."""
+    """The report as terminal text: totals, per-class accuracy, the confusion matrix, the most confused pairs."""
     classes = report["classes"]
     width = max(5, max(len(c) for c in classes))
     lines = [
@@ -250,5 +271,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(" " * (width + 2) + "".join(f"{c[: cell - 1]:>{cell}}" for c in classes))
     for name, row in zip(classes, report["confusion_matrix"], strict=True):
         lines.append(f"  {name:>{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    confused = report.get("most_confused", [])
+    if confused:
+        lines += ["", "most confused (true -> predicted: images):"]
+        lines += [f"  {p['true']:>{width}} -> {p['predicted']:<{width}}  {p['count']:>5}" for p in confused]
     lines += ["", f"heatmap: {report['files']['confusion']}", f"mistakes: {report['files']['mistakes']}"]
     return "\n".join(lines)
