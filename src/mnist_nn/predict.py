@@ -243,11 +243,13 @@ class Predictor:
         threshold: float = 0.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         save_to: str | os.PathLike | None = None,
+        explain_to: str | os.PathLike | None = None,
     ) -> Prediction:
         """Read one image. Errors about the image become a Prediction with status "error".
 
         ``save_to``: a PNG path to write what the model saw (with ``multi``, one file per digit,
-        numbered after the stem).
+        numbered after the stem). ``explain_to``: the same for what it saw beside why it answered
+        (``explain.save_explanations``); an image that cannot be read gets neither.
         """
         name = source_name(source)
         options = {"preprocess": preprocess, "multi": multi, "top_k": top_k, "threshold": threshold}
@@ -259,6 +261,10 @@ class Predictor:
             return Prediction(source=name, status=NO_DIGIT)
         if save_to is not None:
             save_preprocessed(reading.pixels, save_to)
+        if explain_to is not None:
+            from .explain import save_explanations
+
+            save_explanations(self, reading, explain_to)
         readings = reading.digits
         if not multi:
             best = readings[0]
@@ -280,19 +286,28 @@ class Predictor:
         )
 
     def predict_paths(
-        self, paths: Iterable[str | os.PathLike], *, save_dir: str | os.PathLike | None = None, **options: Any
+        self,
+        paths: Iterable[str | os.PathLike],
+        *,
+        save_dir: str | os.PathLike | None = None,
+        explain_dir: str | os.PathLike | None = None,
+        **options: Any,
     ) -> list[Prediction]:
-        """Predict every file named or inside a named folder; a bad file is an error entry, never a stop."""
+        """Predict every file named or inside a named folder; a bad file is an error entry, never a stop.
+
+        ``save_dir`` / ``explain_dir``: folders for what the model saw / for that beside why it
+        answered, a PNG per file (per digit with ``multi``) named after the file.
+        """
         results = []
         used: set[str] = set()
         for path, problem in expand_paths(paths):
             if problem is not None:
                 results.append(Prediction(source=str(path), status="error", error=problem))
                 continue
-            save_to = None
-            if save_dir is not None:
-                save_to = Path(save_dir) / _unique_name(Path(path).stem, used)
-            results.append(self.predict(path, save_to=save_to, **options))
+            name = _unique_name(Path(path).stem, used)
+            save_to = Path(save_dir) / name if save_dir is not None else None
+            explain_to = Path(explain_dir) / name if explain_dir is not None else None
+            results.append(self.predict(path, save_to=save_to, explain_to=explain_to, **options))
         return results
 
 
