@@ -2,7 +2,8 @@
 
 Playwright never downloads a browser here: it drives /usr/bin/chromium. Without it the test is
 skipped, or fails when MNIST_NN_REQUIRE_BROWSER=1 (as in CI). MNIST_NN_SCREENSHOT=PATH also
-copies the screenshot there, to look at.
+copies the screenshot there, to look at, and the phone's and the explanation's beside it
+(PATH's stem + -phone, -explain).
 """
 
 from __future__ import annotations
@@ -78,19 +79,8 @@ def _bar_percentages(page) -> list[float]:
     return [float(text.rstrip("%")) for text in page.locator("#bars li .pct").all_inner_texts()]
 
 
-def test_draw_and_upload_in_chromium(browser, server, checkpoint, tmp_path):
-    trained = checkpoint[1]
-    page = browser.new_page(viewport={"width": 1000, "height": 900})
-    errors: list[str] = []
-    foreign: list[str] = []
-    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("request", lambda request: request.url.startswith(server) or foreign.append(request.url))
-    page.goto(server + "/")
-    page.wait_for_function("() => document.getElementById('model-info').textContent.includes('parameters')")
-    assert page.locator("#bars li").count() == 10
-
-    # Draw a 7 with the mouse: a bar, then a diagonal down to the left.
+def _draw_seven(page) -> None:
+    """Draw a 7 with the mouse (a bar, then a diagonal down to the left) and wait until the page settles."""
     box = page.locator("#pad").bounding_box()
     x, y, w, h = box["x"], box["y"], box["width"], box["height"]
     before = _answered(page)
@@ -102,6 +92,33 @@ def test_draw_and_upload_in_chromium(browser, server, checkpoint, tmp_path):
     _wait_for_answer(page, before)
     page.wait_for_timeout(300)  # the debounced last stroke's answer, if one is still coming
     page.wait_for_function("() => !document.body.dataset.busy")
+
+
+def _open_page(browser, server, errors: list[str], foreign: list[str], **options):
+    page = browser.new_page(**options)
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: request.url.startswith(server) or foreign.append(request.url))
+    page.goto(server + "/")
+    page.wait_for_function("() => document.getElementById('model-info').textContent.includes('parameters')")
+    return page
+
+
+def _copy_screenshot(shot: Path, suffix: str) -> None:
+    """With MNIST_NN_SCREENSHOT=PATH, keep a screenshot beside it as PATH's stem + suffix (-phone, -explain)."""
+    if os.environ.get("MNIST_NN_SCREENSHOT"):
+        target = Path(os.environ["MNIST_NN_SCREENSHOT"])
+        shutil.copyfile(shot, target.with_name(f"{target.stem}{suffix}{target.suffix}"))
+
+
+def test_draw_and_upload_in_chromium(browser, server, checkpoint, tmp_path):
+    trained = checkpoint[1]
+    errors: list[str] = []
+    foreign: list[str] = []
+    page = _open_page(browser, server, errors, foreign, viewport={"width": 1000, "height": 900})
+    assert page.locator("#bars li").count() == 10
+
+    _draw_seven(page)
     label = page.locator("#label").inner_text()
     assert re.fullmatch(r"\d", label), label
     percentages = _bar_percentages(page)
@@ -135,8 +152,7 @@ def test_draw_and_upload_in_chromium(browser, server, checkpoint, tmp_path):
     shot = tmp_path / "serve.png"
     page.screenshot(path=str(shot), full_page=True, animations="disabled")
     assert shot.stat().st_size > 10_000
-    if os.environ.get("MNIST_NN_SCREENSHOT"):
-        shutil.copyfile(drawn_shot, os.environ["MNIST_NN_SCREENSHOT"])
+    _copy_screenshot(drawn_shot, "")
 
     # Keyboard: the controls are labelled buttons; Escape clears.
     assert page.get_by_role("button", name="Clear").is_visible()
@@ -162,7 +178,57 @@ def test_page_fits_a_phone_screen(browser, server, tmp_path):
     assert page.locator("#confidence").inner_text() != "draw something"
     shot = tmp_path / "serve-phone.png"
     page.screenshot(path=str(shot), full_page=True, animations="disabled")
-    if os.environ.get("MNIST_NN_SCREENSHOT"):
-        target = Path(os.environ["MNIST_NN_SCREENSHOT"])
-        shutil.copyfile(shot, target.with_name(f"{target.stem}-phone{target.suffix}"))
+    _copy_screenshot(shot, "-phone")
+    page.close()
+
+
+# Red pixels of the map canvas (pushed towards the answer) and blue ones (away), as drawWhy tints them.
+COUNT_TINTS = """(() => {
+  const d = document.getElementById('why-map').getContext('2d').getImageData(0, 0, 28, 28).data;
+  let red = 0, blue = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i] > d[i + 2] + 40) red += 1;
+    if (d[i + 2] > d[i] + 40) blue += 1;
+  }
+  return [red, blue];
+})()"""
+
+
+def test_why_this_answer_draws_the_map_over_the_digit(browser, server, checkpoint, tmp_path):
+    errors: list[str] = []
+    foreign: list[str] = []
+    page = _open_page(browser, server, errors, foreign, viewport={"width": 1000, "height": 1000})
+    asked: list[str] = []
+    page.on("request", lambda request: "/api/predict" in request.url and asked.append(request.url))
+    summary = page.locator("#why summary")
+    assert summary.inner_text() == "why this answer?"
+    assert not page.locator("#why-map").is_visible()  # closed until asked
+
+    _draw_seven(page)
+    assert asked and all("explain" not in url for url in asked)  # no map is computed unless asked for
+    assert page.evaluate(COUNT_TINTS) == [0, 0]
+    before = _answered(page)
+    summary.click()  # opening the toggle asks again, for the map
+    _wait_for_answer(page, before)
+    page.wait_for_function("() => !document.body.dataset.busy")
+    assert page.locator("#why-map").is_visible()
+    assert asked[-1].endswith("/api/predict?explain=true")
+    red, blue = page.evaluate(COUNT_TINTS)
+    assert red + blue >= 5  # the map is drawn, on a 28x28 canvas of 784 pixels...
+    assert red + blue <= 400  # ...on the strokes: the background, where there is no ink, stays untinted
+    if checkpoint[1]:
+        assert page.locator("#label").inner_text() == "7"
+        assert red >= 5  # a trained model's 7 has strokes that speak for it
+    shot = tmp_path / "serve-explain.png"
+    page.screenshot(path=str(shot), full_page=True, animations="disabled")
+    assert shot.stat().st_size > 10_000
+    _copy_screenshot(shot, "-explain")
+
+    # Clear empties the map with the answer; closed again, new answers come without one.
+    page.keyboard.press("Escape")
+    assert page.evaluate(COUNT_TINTS) == [0, 0]
+    summary.click()
+    _draw_seven(page)
+    assert "explain" not in asked[-1]
+    assert errors == [] and foreign == []
     page.close()

@@ -156,6 +156,50 @@ def test_the_api_and_the_cli_read_through_the_same_method(client, predictor, mon
     assert body["seen"] == served.seen[0].tolist() == read.seen[0].tolist()
 
 
+def test_explain_answers_the_map_of_the_digit_seen(client, predictor, monkeypatch):
+    """explain=true adds `explanation`: explain.py's map of the answer for the pixels in `seen`, -1 to 1."""
+    import mnist_nn.serve.app as app_module
+    from mnist_nn.explain import attributions, normalized
+
+    handed_off = []
+    original_run_sync = app_module.run_sync
+
+    async def counting_run_sync(function, *args, **kwargs):
+        handed_off.append(args[-1])
+        return await original_run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(app_module, "run_sync", counting_run_sync)
+    data = png_bytes(drawn_one())
+    plain = client.post("/api/predict", **upload(data)).json()
+    body = client.post("/api/predict", params={"explain": "true"}, **upload(data)).json()
+    assert handed_off == [True]  # only the explanation went to a worker thread: 32 passes are not for the loop
+    assert plain["explanation"] is None
+    same = [key for key in plain if key not in ("explanation", "latency_ms")]
+    assert {key: body[key] for key in same} == {key: plain[key] for key in same} and set(body) == set(plain)
+    explanation = np.array(body["explanation"])
+    assert explanation.shape == (28, 28) and np.abs(explanation).max() == 1.0
+    seen = np.array(body["seen"], dtype=np.float32)
+    label = int(body["label"])
+    expected = normalized(attributions(predictor, predictor.prepare(data)[0].pixels, targets=[label]))[0]
+    assert np.allclose(explanation, expected, atol=1e-4)
+    assert (explanation[seen == 0] == 0).all()  # the map lies on the ink
+    blank = client.post("/api/predict", params={"explain": "true"}, json={"pixels": [[0] * 28] * 28}).json()
+    assert blank["status"] == "no digit found" and blank["explanation"] is None
+
+
+def test_explain_without_captum_is_501_saying_so(client, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "captum" else real(name, *a))
+    response = client.post("/api/predict", params={"explain": "true"}, **upload(png_bytes(drawn_one())))
+    assert response.status_code == 501
+    assert response.json() == {
+        "detail": 'this server cannot explain: explanations need Captum: pip install "mnist-nn[lab]"'
+    }
+    assert client.post("/api/predict", **upload(png_bytes(drawn_one()))).status_code == 200  # answers still work
+
+
 def test_blank_image_is_no_digit_not_an_error(client):
     for request in (upload(png_bytes(Image.new("L", (112, 112), 255))), {"json": {"pixels": [[0] * 28] * 28}}):
         response = client.post("/api/predict", **request)
@@ -169,7 +213,15 @@ def test_page_and_its_assets_are_served_locally(client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     html = page.text
-    for needle in ('<canvas id="pad"', 'id="clear"', 'id="upload"', 'type="file"', 'id="bars"', 'id="seen"'):
+    for needle in (
+        '<canvas id="pad"',
+        'id="clear"',
+        'id="upload"',
+        'type="file"',
+        'id="bars"',
+        'id="seen"',
+        'id="why"',
+    ):
         assert needle in html
     for asset, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
         response = client.get(asset)
@@ -186,7 +238,7 @@ def test_openapi_documents_the_api(client):
     # Every status each operation answers, every error with the one body shape it really has.
     statuses = {path: set(next(iter(item.values()))["responses"]) for path, item in spec["paths"].items()}
     assert statuses == {
-        "/api/predict": {"200", "400", "413", "415", "422", "500"},
+        "/api/predict": {"200", "400", "413", "415", "422", "500", "501"},
         "/api/health": {"200", "400", "413", "422", "500"},
         "/api/model": {"200", "400", "413", "422", "500"},
     }
@@ -217,7 +269,9 @@ def test_no_request_can_make_the_server_load_a_checkpoint(client, monkeypatch):
     # A query parameter the API does not take is refused, not ignored as if it had been obeyed.
     refused = client.post("/api/predict", params={"checkpoint": "model.pt"}, json={"pixels": pixels})
     assert refused.status_code == 422
-    assert refused.json() == {"detail": "unknown query parameter 'checkpoint': /api/predict takes only 'preprocess'"}
+    assert refused.json() == {
+        "detail": "unknown query parameter 'checkpoint': /api/predict takes only 'preprocess', 'explain'"
+    }
 
 
 @pytest.mark.realdata

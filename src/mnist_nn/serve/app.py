@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
@@ -39,7 +39,8 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..predict import Predictor, source_name
+from ..explain import METHOD, ExplainUnavailable
+from ..predict import ImageReading, Predictor, source_name
 from ..preprocess import MNIST_SIZE, ImageError, ImageTooLarge, image_pixels
 from ..version import __version__
 
@@ -71,6 +72,13 @@ class Reading(BaseModel):
     probability: float
 
 
+# 28 rows of 28 values from -1 to 1: the schema states the shape the answer always has.
+ExplanationRow = Annotated[
+    list[Annotated[float, Field(ge=-1, le=1)]], Field(min_length=MNIST_SIZE, max_length=MNIST_SIZE)
+]
+ExplanationMap = Annotated[list[ExplanationRow], Field(min_length=MNIST_SIZE, max_length=MNIST_SIZE)]
+
+
 class PredictResponse(BaseModel):
     status: str = Field(description='"ok", or "no digit found" for a blank or ink-less image')
     label: str | None = Field(description="the predicted class; null when no digit was found")
@@ -78,6 +86,12 @@ class PredictResponse(BaseModel):
     probabilities: dict[str, float] | None = Field(description="every class's probability, in class order")
     top: list[Reading] = Field(description="the three most probable classes, best first")
     seen: list[list[int]] | None = Field(description="the 28x28 image the model saw, 0-255, light digit on dark")
+    explanation: ExplanationMap | None = Field(
+        description=f"with explain=true, why the model answered: 28 rows of 28 values, one per pixel of `seen`, "
+        f"by {METHOD} from a black image for the answered class, divided by the largest magnitude (-1 to 1; "
+        "positive pushed towards the answer, negative away, 0 did neither); null without explain=true or without "
+        "a digit"
+    )
     model: str
     latency_ms: float = Field(description="time spent in the server on this request, milliseconds")
 
@@ -100,6 +114,13 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+def _example_one() -> list[list[int]]:
+    """A '1' in MNIST form (a bright bar on black): the request body's example, for /docs's "Try it out"."""
+    pixels = np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=int)
+    pixels[4:24, 13:16] = 255
+    return pixels.tolist()
+
+
 PIXELS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["pixels"],
@@ -109,6 +130,7 @@ PIXELS_SCHEMA: dict[str, Any] = {
     "properties": {
         "pixels": {
             "type": "array",
+            "example": _example_one(),
             "description": "28 rows of 28 grayscale values 0-255 (either polarity when preprocessed)",
             "minItems": MNIST_SIZE,
             "maxItems": MNIST_SIZE,
@@ -144,9 +166,9 @@ def documented_errors(
     if images:
         too_large += f"; or the image has over {max_pixels:,} pixels: refused before it is decoded"
         unreadable += (
-            ", or preprocess not a boolean; malformed JSON, or pixels that are not 28 rows of 28 numbers 0-255; "
-            'a malformed multipart body, or no file in its field "file"; a file that is not a readable PNG, '
-            "JPEG, BMP, GIF, WebP or TIFF image; with preprocess=false, an image other than 28x28"
+            ", or preprocess or explain not a boolean; malformed JSON, or pixels that are not 28 rows of 28 "
+            'numbers 0-255; a malformed multipart body, or no file in its field "file"; a file that is not a '
+            "readable PNG, JPEG, BMP, GIF, WebP or TIFF image; with preprocess=false, an image other than 28x28"
         )
     why = {
         400: "the Content-Length header is not a number",
@@ -154,6 +176,7 @@ def documented_errors(
         415: "a content type other than multipart/form-data or application/json",
         422: unreadable,
         500: 'a fault in the server (logged there); the answer is {"detail": "internal server error"}',
+        501: "explain=true on a server without Captum installed (the lab extra)",
     }
     return {status: {"model": ErrorResponse, "description": why[status]} for status in statuses}
 
@@ -324,8 +347,8 @@ def _add_predict(
     @app.post(
         "/api/predict",
         response_model=PredictResponse,
-        responses=errors((*ROUTE_ERRORS, 415), images=True),
-        dependencies=[only_query("preprocess")],
+        responses=errors((*ROUTE_ERRORS, 415, 501), images=True),
+        dependencies=[only_query("preprocess", "explain")],
         tags=["api"],
         openapi_extra={
             "requestBody": {
@@ -344,6 +367,12 @@ def _add_predict(
             description="prepare the image the CLI's way (find the ink, fit it to 20x20, centre it); false: the "
             "input is already 28x28 in MNIST form (light digit on dark)",
         ),
+        explain: bool = Query(
+            False,
+            # An example makes the API's contract test (and /docs's "Try it out") ask for a map too.
+            openapi_examples={"explain": {"summary": "answer with the map", "value": True}},
+            description=f"also answer why: `explanation`, a 28x28 map of each pixel's part in the answer ({METHOD})",
+        ),
     ) -> Response:
         """Read one digit from an image upload (multipart field `file`) or JSON `{"pixels": 28x28 of 0-255}`."""
         start = time.perf_counter()
@@ -360,10 +389,12 @@ def _add_predict(
                 f"unsupported content type {kind or '(none)'!r}: send multipart/form-data with an image "
                 'in the field "file", or application/json {"pixels": 28x28 values 0-255}',
             )
-        if _is_small(kind, source):
-            result = _answer(predictor, kind, source, name, preprocess, max_pixels)
+        job = (predictor, kind, source, name, preprocess, max_pixels, explain)
+        # An explanation costs 32 forward and backward passes: never on the loop, like a large image.
+        if not explain and _is_small(kind, source):
+            result = _answer(*job)
         else:
-            result = await run_sync(_answer, predictor, kind, source, name, preprocess, max_pixels, limiter=limiter)
+            result = await run_sync(_answer, *job, limiter=limiter)
         result["model"] = model_name
         result["latency_ms"] = round(1000 * (time.perf_counter() - start), 3)
         # Built to PredictResponse's shape by _answer; returned as is, skipping a second validation per
@@ -491,8 +522,13 @@ def warm_up(predictor: Predictor) -> list[str | int]:
     return statuses
 
 
-def _answer(predictor: Predictor, kind: str, body: bytes, name: str, preprocess: bool, max_pixels: int) -> dict:
-    """Parse one request's image and read it the Predictor's one way (CPU-bound: see _is_small)."""
+def _answer(
+    predictor: Predictor, kind: str, body: bytes, name: str, preprocess: bool, max_pixels: int, explain: bool = False
+) -> dict:
+    """Parse one request's image and read it the Predictor's one way (CPU-bound: see _is_small).
+
+    ``explain``: add the normalized attribution map of the answer (``explain.attributions``).
+    """
     source = parse_pixels(body) if kind == "application/json" else body
     try:
         reading = predictor.read_image(source, preprocess=preprocess, top_k=3, max_pixels=max_pixels)
@@ -508,6 +544,7 @@ def _answer(predictor: Predictor, kind: str, body: bytes, name: str, preprocess:
             "probabilities": None,
             "top": [],
             "seen": None,
+            "explanation": None,
         }
     digit = reading.digits[0]
     return {
@@ -517,7 +554,19 @@ def _answer(predictor: Predictor, kind: str, body: bytes, name: str, preprocess:
         "probabilities": dict(zip(predictor.labels, reading.probabilities[0].tolist(), strict=True)),
         "top": digit.top,
         "seen": reading.seen[0].tolist(),
+        "explanation": _explanation(predictor, reading) if explain else None,
     }
+
+
+def _explanation(predictor: Predictor, reading: ImageReading) -> list[list[float]]:
+    """The first digit's map, normalized to [-1, 1] and rounded: 4 decimals are finer than a page shows."""
+    from ..explain import attributions, normalized
+
+    try:
+        maps = attributions(predictor, reading.pixels[:1], targets=reading.probabilities[:1].argmax(1))
+    except ExplainUnavailable as exc:
+        raise HTTPException(501, f"this server cannot explain: {exc}") from None
+    return np.round(normalized(maps)[0], 4).tolist()
 
 
 def image_error_status(exc: ImageError) -> int:

@@ -1,6 +1,7 @@
 // The drawing page: pointer events draw on #pad; the canvas goes to /api/predict as a PNG, where the
 // server prepares it exactly as `mnist-nn predict` would, and the answer fills the bars, the label
-// and the 28x28 preview. No libraries, no network beyond this server.
+// and the 28x28 preview; with "why this answer?" open it also asks for the explanation map and draws it
+// over the digit. No libraries, no network beyond this server.
 "use strict";
 
 const DEBOUNCE_MS = 120; // after the pen rests this long, ask the network
@@ -19,6 +20,9 @@ const statusOut = document.getElementById("status");
 const bars = document.getElementById("bars");
 const fileInput = document.getElementById("file");
 const dropzone = document.getElementById("dropzone");
+const why = document.getElementById("why");
+const whyMap = document.getElementById("why-map");
+const whyCtx = whyMap.getContext("2d");
 
 let labels = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 let hasInk = false;
@@ -29,6 +33,7 @@ let inFlight = false;
 let pending = null; // what to send once the request in flight is answered
 let generation = 0; // bumped by Clear: answers to older requests are dropped
 let answered = 0;
+let lastAsked = null; // what was sent last: opening "why this answer?" asks again for its map
 
 // ------------------------------------------------------------------ the pad
 
@@ -148,12 +153,14 @@ async function submit(what) {
   }
   inFlight = true;
   lastSent = performance.now();
+  lastAsked = what;
   const mine = generation;
   try {
     const form = new FormData();
     if (what.kind === "file") form.append("file", what.file, what.file.name || "upload");
     else form.append("file", await padBlob(), "drawing.png");
-    const response = await fetch("/api/predict", { method: "POST", body: form });
+    const url = why.open ? "/api/predict?explain=true" : "/api/predict";
+    const response = await fetch(url, { method: "POST", body: form });
     const body = await response.json().catch(() => ({}));
     if (mine !== generation) return;
     if (!response.ok) {
@@ -230,12 +237,35 @@ function drawSeen(pixels) {
   seenCtx.putImageData(image, 0, 0);
 }
 
+// The map over the digit: the digit dimmed to grey, each pixel tinted red (pushed towards the answer)
+// or blue (pushed away) as strongly as its value, -1 to 1. Small values are lifted a little (the
+// power 0.75), so that a faint but real part still shows.
+const TOWARDS = [255, 72, 48];
+const AWAY = [64, 140, 255];
+
+function drawWhy(pixels, explanation) {
+  const image = whyCtx.createImageData(28, 28);
+  for (let y = 0; y < 28; y++) {
+    for (let x = 0; x < 28; x++) {
+      const grey = pixels ? 0.45 * pixels[y][x] : 0;
+      const value = explanation ? explanation[y][x] : 0;
+      const alpha = Math.min(1, Math.abs(value)) ** 0.75;
+      const tint = value >= 0 ? TOWARDS : AWAY;
+      const i = 4 * (28 * y + x);
+      for (let c = 0; c < 3; c++) image.data[i + c] = grey * (1 - alpha) + tint[c] * alpha;
+      image.data[i + 3] = 255;
+    }
+  }
+  whyCtx.putImageData(image, 0, 0);
+}
+
 function showEmpty(message) {
   labelOut.textContent = "–";
   confidenceOut.textContent = message;
   latencyOut.textContent = "";
   setBars(null);
   drawSeen(null);
+  drawWhy(null, null);
 }
 
 function render(result) {
@@ -246,9 +276,17 @@ function render(result) {
     confidenceOut.textContent = `${(100 * result.confidence).toFixed(1)}% sure`;
     setBars(result.probabilities);
     drawSeen(result.seen);
+    drawWhy(result.seen, result.explanation);
   }
   latencyOut.textContent = `${result.model}, ${result.latency_ms.toFixed(1)} ms on the server`;
 }
+
+// Opening the toggle explains the answer on show: the same drawing or file is asked again, with its map.
+why.addEventListener("toggle", () => {
+  if (!why.open || !lastAsked || !hasInk) return;
+  setBusy(true);
+  submit(lastAsked);
+});
 
 // ------------------------------------------------------------------ uploads: button and drag & drop
 
@@ -313,5 +351,6 @@ async function loadModel() {
 
 resetPad();
 drawSeen(null);
+drawWhy(null, null);
 buildBars();
 loadModel();
