@@ -11,6 +11,7 @@ answer without loading torch (see benchmarks/startup.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -177,6 +178,15 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
         choices=("auto", "gloo", "nccl"),
         help="under torchrun: the collective backend (default auto: NCCL on CUDA, gloo on the CPU)",
     )
+    train.add_argument(
+        "--watch",
+        action="store_true",
+        help="also serve a live page of the run's curves and sample predictions on this machine (the `mnist-nn "
+        "watch` page; needs the serve extra); it stays up after training, until Ctrl-C",
+    )
+    train.add_argument(
+        "--watch-port", type=int, default=8001, metavar="PORT", help="the --watch page's port (default: 8001)"
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -194,7 +204,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         # Every run option with a flag of its own (`progress` has none: a bar shows on a terminal).
         given = {field.name: getattr(args, field.name) for field in fields(RunOptions) if hasattr(args, field.name)}
-        train(args.recipe, RunOptions(**given), **overrides)
+        with _watching(args, rank, given):
+            train(args.recipe, RunOptions(**given), **overrides)
     except PeerFailed as exc:
         return exc.exit_code
     except UserError as exc:
@@ -206,6 +217,20 @@ def _train(args: argparse.Namespace) -> int:
             return exc.exit_code
         raise
     return 0
+
+
+def _watching(args: argparse.Namespace, rank: int, given: dict) -> contextlib.AbstractContextManager:
+    """--watch: the watch page beside the run (rank 0's, under torchrun), serving until Ctrl-C after it."""
+    if not args.watch or rank:
+        return contextlib.nullcontext()
+    _require_serve_extra("train --watch")
+    from .watch import beside_training
+
+    if given.get("out") is None and given.get("resume") is None:
+        from .prepare import default_run_dir
+
+        given["out"] = str(default_run_dir())  # the page must know the folder before the run makes it
+    return beside_training(given["resume"] or given["out"], port=args.watch_port)
 
 
 # --------------------------------------------------------------------------- evaluate, data
@@ -343,6 +368,12 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     )
     predict.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 images the model saw into DIR")
     predict.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write into DIR, per digit, the image the model saw beside a map of the pixels that made its answer "
+        "(integrated gradients; needs the lab extra)",
+    )
+    predict.add_argument(
         "--max-pixels",
         type=int,
         default=None,
@@ -366,9 +397,18 @@ def _predict(args: argparse.Namespace) -> int:
     if args.multi and predictor.metadata["dataset"] != "mnist":
         raise UserError(f"--multi reads handwritten numbers; this checkpoint is for {predictor.metadata['dataset']}")
     save_dir = ensure_writable_dir(args.save_preprocessed) if args.save_preprocessed else None
+    explain_dir = None
+    if args.explain:
+        from .explain import require_captum
+
+        require_captum()
+        explain_dir = ensure_writable_dir(args.explain)
+        if save_dir is not None and explain_dir.resolve() == save_dir.resolve():
+            raise UserError("--explain and --save-preprocessed write files of the same names: give them two folders")
     results = predictor.predict_paths(
         args.paths,
         save_dir=save_dir,
+        explain_dir=explain_dir,
         preprocess=not args.no_preprocess,
         multi=args.multi,
         top_k=args.top_k,
@@ -432,7 +472,7 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _require_serve_extra(command: str) -> None:
     from importlib.util import find_spec
 
     # python-multipart installs as `python_multipart` (older releases: `multipart`).
@@ -441,11 +481,112 @@ def _serve(args: argparse.Namespace) -> int:
         missing.append("python-multipart")
     if missing:
         raise UserError(
-            f'`mnist-nn serve` needs the serve extra ({", ".join(missing)} missing): pip install "mnist-nn[serve]"'
+            f'`mnist-nn {command}` needs the serve extra ({", ".join(missing)} missing): pip install "mnist-nn[serve]"'
         )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _require_serve_extra("serve")
     from .serve import run
 
     run(args.checkpoint, host=args.host, port=args.port, device=args.device, workers=args.workers)
+    return 0
+
+
+# --------------------------------------------------------------------------- compare, inspect, lr-find
+
+
+def _compare_arguments(compare: argparse.ArgumentParser) -> None:
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `mnist-nn train`")
+    compare.add_argument(
+        "--out", metavar="FILE", default="compare.png", help="the PNG of the overlaid curves (default: compare.png)"
+    )
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs, format_table
+
+    report = compare_runs(args.runs, out=args.out)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
+
+
+def _inspect_arguments(inspect: argparse.ArgumentParser) -> None:
+    inspect.add_argument("checkpoint", help="a model.pt written by `mnist-nn train` (or a run's state.pt)")
+    inspect.add_argument(
+        "--out", metavar="DIR", help="where to write the pictures (default: an inspection folder beside the checkpoint)"
+    )
+    inspect.add_argument(
+        "--index", type=int, default=0, metavar="N", help="the test digit whose activations to show (default: 0)"
+    )
+    inspect.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with the four IDX files, .gz or raw (default: $MNIST_NN_DATA, then the folder the run was "
+        "trained on if it still verifies, then the cache)",
+    )
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .inspection import format_report, inspect_checkpoint, require_scikit_learn
+
+    require_scikit_learn()  # before loading anything: the feature map needs it
+    data_dir = args.data_dir
+    if data_dir is None and not os.environ.get("MNIST_NN_DATA"):
+        data_dir = _recorded_data_dir([args.checkpoint])
+    report = inspect_checkpoint(args.checkpoint, out=args.out, data_dir=data_dir, index=args.index)
+    print(format_report(report))
+    return 0
+
+
+def _lr_find_arguments(lr_find: argparse.ArgumentParser) -> None:
+    lr_find.add_argument(
+        "--recipe", default="tutorial", help="named recipe (default: tutorial; see `mnist-nn recipes`)"
+    )
+    lr_find.add_argument("--start", type=float, default=1e-7, help="the first learning rate (default: 1e-7)")
+    lr_find.add_argument("--end", type=float, default=10.0, help="the last learning rate (default: 10)")
+    lr_find.add_argument(
+        "--steps", type=int, default=200, help="training steps from --start to --end, at least 10 (default: 200)"
+    )
+    lr_find.add_argument(
+        "--out", metavar="FILE", help="the PNG of loss against learning rate (default: lr-find-RECIPE.png)"
+    )
+    _add_data_argument(lr_find)
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from .recipes import get_recipe
+
+    get_recipe(args.recipe)  # a mistyped name is refused before torch loads
+    from .lr_find import check_range, format_result, lr_find
+
+    check_range(args.start, args.end, args.steps)
+    result = lr_find(
+        args.recipe, start=args.start, end=args.end, steps=args.steps, out=args.out, data_dir=args.data_dir
+    )
+    print(format_result(result))
+    return 0
+
+
+# --------------------------------------------------------------------------- watch
+
+
+def _watch_arguments(watch: argparse.ArgumentParser) -> None:
+    watch.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run directories (several: overlaid in the same charts)"
+    )
+    watch.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    watch.add_argument("--port", type=int, default=8001, help="TCP port (default: 8001; 0: any free port)")
+
+
+def _watch(args: argparse.Namespace) -> int:
+    _require_serve_extra("watch")
+    from .watch import run
+
+    run(args.runs, host=args.host, port=args.port)
     return 0
 
 
@@ -487,6 +628,35 @@ COMMANDS = (
         _serve,
         description="Serve a checkpoint: the page at / (draw a digit, watch the network read it), the API at "
         "/api/predict, /api/health and /api/model, its documentation at /docs. Ctrl-C stops it.",
+    ),
+    Command(
+        "watch",
+        "a live page of training runs: curves, progress, sample predictions (needs the serve extra)",
+        _watch_arguments,
+        _watch,
+        description="Serve a page that follows run directories as they are written: the training loss every "
+        "log_every batches, the held-out loss and accuracy per epoch, the epoch and the time per epoch, ten test "
+        "digits with the network's answers after each epoch, and the test accuracy once a run ends. Several run "
+        "directories are overlaid for comparing. A folder still empty waits for its run. Ctrl-C stops it.",
+    ),
+    Command("compare", "overlay runs' curves in one PNG and tabulate how they differ", _compare_arguments, _compare),
+    Command(
+        "inspect",
+        "look inside a checkpoint: first-layer weights, a digit's activations, a feature map (needs the lab extra)",
+        _inspect_arguments,
+        _inspect,
+        description="Write three pictures of a trained network: its first layer's weights, every layer's "
+        "activations for one test digit, and its penultimate layer's features for 2,000 test digits mapped to "
+        "2-D by PCA and t-SNE (needs scikit-learn: pip install 'mnist-nn[lab]').",
+    ),
+    Command(
+        "lr-find",
+        "the learning-rate range test: sweep the lr over a few hundred steps, suggest one",
+        _lr_find_arguments,
+        _lr_find,
+        description="Train the recipe's model for --steps steps on training data only, raising the learning rate "
+        "exponentially from --start to --end, stop when the loss explodes, plot loss against learning rate and "
+        "suggest a learning rate for `mnist-nn train --lr` (Smith 2015).",
     ),
 )
 HANDLERS = {command.name: command.run for command in COMMANDS}
