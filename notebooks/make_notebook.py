@@ -31,7 +31,8 @@ This notebook follows the classic MNIST tutorial with the `mnist_nn` package:
 4. plot the loss and look at its predictions,
 5. evaluate it: accuracy per class and the confusion matrix,
 6. read digits with it from Python: `mnist_nn.predict`,
-7. try a small convolutional network.
+7. try a small convolutional network,
+8. the learning lab: compare runs, find a learning rate, look inside the network, ask it why.
 
 Every step calls the same code as the `mnist-nn` command; the README explains each concept
 ([English](../README.md), [中文](../README_Chinese.md)).
@@ -217,6 +218,51 @@ The `cnn-fast` recipe (2 epochs) reaches about 99%; it holds 5,000 training imag
         """cnn = mnist_nn.train("cnn-fast", data_dir=DATA_DIR, out=RUNS / "cnn-fast", quiet=True)
 print(f"tutorial MLP: {run.summary['test_accuracy']:.2%} with {run.summary['parameters']:,} parameters")
 print(f"cnn-fast:     {cnn.summary['test_accuracy']:.2%} with {cnn.summary['parameters']:,} parameters")""",
+    ),
+    (
+        "md",
+        """## 8. The learning lab
+
+The same tools as the `mnist-nn` commands of the README's Learning lab, from Python:
+**compare** two runs, find a **learning rate** with the range test, look **inside** the network,
+and ask it **why** it gave an answer (they need `pip install "mnist-nn[lab]"`; `mnist-nn watch`
+shows a run live in the browser).""",
+    ),
+    (
+        "code",
+        """from mnist_nn.compare import compare_runs, format_table
+
+comparison = compare_runs([run.run_dir, cnn.run_dir], out=RUNS / "compare.png")
+print(format_table(comparison))
+display(Image(filename=comparison["figure"]))""",
+    ),
+    (
+        "code",
+        """from mnist_nn.lr_find import lr_find
+
+# The loss against an exponentially growing learning rate, on training images only.
+sweep = lr_find("tutorial", steps=100, data_dir=DATA_DIR, out=RUNS / "lr-find.png")
+print(f"suggested learning rate: {sweep.suggestion:.2g}")
+display(Image(filename=str(RUNS / "lr-find.png")))""",
+    ),
+    (
+        "code",
+        """from mnist_nn.inspection import inspect_checkpoint
+
+# The first layer's 128 units as 28x28 pictures, one digit's activations, a 2-D map of features.
+inside = inspect_checkpoint(run.run_dir / "model.pt", out=RUNS / "inspection", data_dir=DATA_DIR, feature_digits=500)
+display(Image(filename=str(RUNS / "inspection" / "weights.png")))
+display(Image(filename=str(RUNS / "inspection" / "features.png")))""",
+    ),
+    (
+        "code",
+        """from mnist_nn.explain import save_explanations
+from mnist_nn.predict import Predictor
+
+# Why this answer? The image the model saw beside each pixel's part in it (integrated gradients).
+predictor = Predictor.from_checkpoint(run.run_dir / "model.pt")
+why = save_explanations(predictor, predictor.read_image(scan), RUNS / "why.png")
+display(Image(filename=str(why[0])))""",
     ),
     (
         "md",
