@@ -121,3 +121,39 @@ def trained_checkpoint(tmp_path_factory) -> Path:
         "tutorial", data_dir=found, out=tmp_path_factory.mktemp("trained") / "run", epochs=2, quiet=True
     )
     return run.run_dir / "model.pt"
+
+
+# --------------------------------------------------------------------------- the browser tests' Chromium
+
+# Playwright drives Debian's Chromium and never downloads a browser of its own.
+CHROMIUM = Path(os.environ.get("MNIST_NN_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def require_browser(condition: bool, message: str) -> None:
+    """Skip without a browser, or fail when MNIST_NN_REQUIRE_BROWSER=1 (as in CI)."""
+    if not condition:
+        if os.environ.get("MNIST_NN_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium, driven by Playwright, for one test module."""
+    require_browser(CHROMIUM.exists(), f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require_browser(False, "Playwright is not installed: pip install playwright")
+    pytest.importorskip("fastapi")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()

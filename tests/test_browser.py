@@ -18,36 +18,6 @@ from PIL import Image, ImageDraw
 
 from conftest import real_mnist_dir
 
-CHROMIUM = Path(os.environ.get("MNIST_NN_CHROMIUM", "/usr/bin/chromium"))
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        if os.environ.get("MNIST_NN_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    _require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM}: apt-get install chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _require(False, "Playwright is not installed: pip install playwright")
-    pytest.importorskip("fastapi")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield browser
-        browser.close()
-
 
 @pytest.fixture(scope="module")
 def checkpoint(request, random_checkpoint) -> tuple[Path, bool]:

@@ -24,27 +24,15 @@ from mnist_nn.distributed import Context
 from mnist_nn.errors import UserError
 from mnist_nn.evaluate import evaluate
 from mnist_nn.models import build_model
-from mnist_nn.prepare import plan_run
-from mnist_nn.trainer import RunOptions, Trainer
+from mnist_nn.trainer import RunOptions, Trainer, single_process_trainer
 
 OLD_RUNS = Path(__file__).resolve().parent / "data" / "ff70448"
 
 
 def _trainer(data: Path, out: Path, **overrides) -> Trainer:
-    options = RunOptions(data_dir=data, out=out, quiet=True)
+    options = RunOptions(data_dir=data, out=out, device="cpu", quiet=True)
     settings = {"dataset": "toy", "model": "mlp", "model_kwargs": {"hidden": [32]}, "batch_size": 32, **overrides}
-    plan = plan_run(
-        None,
-        settings,
-        out=out,
-        resume=None,
-        checkpoint_every=None,
-        deterministic=None,
-        sync_bn=None,
-        tensorboard=False,
-        world_size=1,
-    )
-    return Trainer(plan, options, Context(), torch.device("cpu"), threads=1)
+    return single_process_trainer(None, options, **settings)
 
 
 def test_train_step_lowers_the_loss_and_counts_steps(toy_dataset, tmp_path):

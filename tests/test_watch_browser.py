@@ -28,36 +28,7 @@ import pytest
 
 from conftest import real_mnist_dir, toy_spec, write_idx_dataset
 
-CHROMIUM = Path(os.environ.get("MNIST_NN_CHROMIUM", "/usr/bin/chromium"))
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 120_000  # a generous bound for a loaded machine, never a measurement
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        if os.environ.get("MNIST_NN_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    _require(CHROMIUM.exists(), f"no Chromium at {CHROMIUM}: apt-get install chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _require(False, "Playwright is not installed: pip install playwright")
-    pytest.importorskip("fastapi")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -138,29 +138,13 @@ def make_trainer(
 ) -> Trainer:
     """A Trainer for the recipe (``overrides``: recipe fields to change), in a throwaway run directory, with
     the sweep in place of its schedule."""
-    from . import distributed
-    from .device import configure_cpu, resolve_device
-    from .prepare import plan_run
-    from .trainer import RunOptions, Trainer
+    from .trainer import RunOptions, single_process_trainer
 
-    threads = configure_cpu()
-    torch_device = resolve_device(device)
     # A constant schedule without warm-up leaves the learning rate to the sweep; the weights' average
     # (EMA) is only evaluated, never trained on, so it is left out.
     overrides = {**(overrides or {}), "schedule": "constant", "warmup_epochs": 0.0, "ema_decay": 0.0}
     options = RunOptions(data_dir=data_dir, out=run_dir, device=device, quiet=True, progress=False)
-    plan = plan_run(
-        recipe,
-        overrides,
-        out=run_dir,
-        resume=None,
-        checkpoint_every=None,
-        deterministic=None,
-        sync_bn=None,
-        tensorboard=False,
-        world_size=1,
-    )
-    trainer = Trainer(plan, options, distributed.Context(), torch_device, threads)
+    trainer = single_process_trainer(recipe, options, **overrides)
     # The sweep never scores: release the held-out and test images, so that no step can see them.
     data = trainer.data
     empty_x, empty_y = data.train_x[:0], data.train_y[:0]

@@ -61,7 +61,7 @@ from .resume import (
 )
 from .schedules import lr_factor
 
-__all__ = ["RunOptions", "RunResult", "Trainer", "resolve_recipe", "train"]
+__all__ = ["RunOptions", "RunResult", "Trainer", "resolve_recipe", "single_process_trainer", "train"]
 
 CHECKPOINT_NAME = "model.pt"
 LAST_CHECKPOINT_NAME = "last.pt"
@@ -149,6 +149,24 @@ def train(recipe: str | Recipe | None = None, options: RunOptions | None = None,
         raise
     context.close()
     return result
+
+
+def single_process_trainer(recipe: str | Recipe | None, options: RunOptions, **overrides: Any) -> Trainer:
+    """A one-process Trainer for a new run, built as ``train`` builds it, for code that drives the steps
+    itself (``lr_find``, tests): ``options.out`` is its run directory."""
+    threads = configure_cpu()
+    plan = plan_run(
+        recipe,
+        overrides,
+        out=options.out,
+        resume=None,
+        checkpoint_every=options.checkpoint_every,
+        deterministic=options.deterministic,
+        sync_bn=None,
+        tensorboard=options.tensorboard,
+        world_size=1,
+    )
+    return Trainer(plan, options, distributed.Context(), resolve_device(options.device), threads)
 
 
 class MeanLoss:
