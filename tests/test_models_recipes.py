@@ -88,7 +88,7 @@ def test_dataset_overrides_apply_to_their_dataset_before_flags():
         ({"fashion-mnist": {"epochs": 0}}, "epochs must be a positive integer, got 0"),
         ({"fashion-mnist": {"colour": 1}}, "dataset override for 'fashion-mnist' names unknown field"),
         ({"fashion-mnist": {"dataset": "mnist"}}, "may not change the recipe's identity"),
-        ({"mnist": {"aug_flip": 1.5}}, "aug flip is a probability in \\[0, 1\\], got 1.5"),
+        ({"mnist": {"aug_flip": 1.5}}, "aug flip must be in \\[0, 1\\], got 1.5"),
     ],
 )
 def test_bad_dataset_overrides_are_refused(overrides, message):

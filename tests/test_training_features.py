@@ -292,3 +292,57 @@ def test_compiled_training_matches_eager(tmp_path, toy_dataset):
     )
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
     assert compiled["eval_accuracy"] == pytest.approx(eager["eval_accuracy"], abs=0.02)
+
+
+INK = {
+    "thickness": {"thickness": 1.5},
+    "blur": {"blur": 1.5},
+    "contrast": {"contrast": 0.8},
+    "brightness": {"brightness": 0.5},
+    "noise": {"noise": 0.3},
+    "occlude": {"occlude": 1.0},
+    "lowres": {"lowres": 0.5},
+}
+
+
+def _bars(count: int = 64) -> torch.Tensor:
+    images = torch.zeros(count, 1, 28, 28)
+    images[:, :, 6:22, 12:15] = 1.0  # a "1", 3 px wide
+    images[:, :, 6:9, 8:20] = 1.0
+    return images
+
+
+@pytest.mark.parametrize("name", INK)
+def test_each_ink_augmentation_changes_its_share_keeps_the_range_and_is_seeded(name):
+    mean, std = 0.1307, 0.3081
+    unit = _bars(400)
+    images = (unit - mean) / std
+    config = Augmentation(**INK[name], ink_share=0.5, mean=mean, std=std)
+    out = augment_batch(images, config, torch.Generator().manual_seed(5))
+    assert out.shape == images.shape
+    back = out * std + mean
+    assert back.min() >= -1e-5 and back.max() <= 1 + 1e-5  # still ink between 0 and 1 before normalization
+    changed = ~torch.isclose(out, images, atol=1e-4).flatten(1).all(1)
+    assert 120 < int(changed.sum()) < 280, int(changed.sum())  # about half the batch (ink_share 0.5)
+    assert torch.equal(out, augment_batch(images, config, torch.Generator().manual_seed(5)))
+    assert not torch.equal(out, augment_batch(images, config, torch.Generator().manual_seed(6)))
+
+
+def test_stroke_width_thickens_and_thins_as_pens_do():
+    unit = _bars(400)
+    out = augment_batch(unit, Augmentation(thickness=1.0, ink_share=1.0), torch.Generator().manual_seed(0))
+    ink = out.sum((1, 2, 3))
+    before = unit[0].sum()
+    assert (ink > before * 1.2).sum() > 100 and (ink < before * 0.8).sum() > 100  # markers and fine pens
+    assert (ink > 0).all()  # a thinned stroke is fainter, never gone
+
+
+def test_ink_augmentations_leave_a_recipe_without_them_unchanged():
+    """Older recipes draw exactly the random numbers they drew before: their runs resume and reproduce."""
+    images = _bars(32)
+    warp = Augmentation(rotate=10, shift=2)
+    with_ink_fields = Augmentation(rotate=10, shift=2, ink_share=0.9, mean=0.1, std=0.3)
+    assert torch.equal(
+        augment_batch(images, warp, torch.Generator().manual_seed(2)),
+        augment_batch(images, with_ink_fields, torch.Generator().manual_seed(2)),
+    )

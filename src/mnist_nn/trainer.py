@@ -215,7 +215,7 @@ class Trainer:
             self.data.train_x, self.data.train_y, recipe.batch_size, shuffle=recipe.shuffle, seed=recipe.seed
         )
         self.batches = len(self.loader)
-        self.augmentation = recipe.augmentation()
+        self.augmentation = recipe.augmentation(self.data.mean, self.data.std)
         # Rank 0 draws the single-process streams; the other ranks get streams of their own, so that their
         # shards see independent dropout masks and distortions (derived from the seed, hence repeatable).
         rank_seed = distributed.rank_seed(recipe.seed, context.rank)
