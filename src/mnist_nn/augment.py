@@ -159,7 +159,7 @@ def augment_ink(images: torch.Tensor, config: Augmentation, generator: torch.Gen
 
 def _stroke_width(x: torch.Tensor, limit: float, generator: torch.Generator) -> torch.Tensor:
     """Each image's strokes widened (a grey-level dilation, max over 3x3) or thinned (an erosion),
-    by a random, fractional number of steps in [-limit, limit]: the pens from fine to marker."""
+    by a random, fractional number of steps in [-limit, limit]: the pens from fine to marker; or hollow."""
     n = len(x)
     steps = _uniform(n, limit, generator, x.device).view(n, 1, 1, 1)
     out = x
@@ -169,7 +169,12 @@ def _stroke_width(x: torch.Tensor, limit: float, generator: torch.Generator) -> 
         # This step's weight: 1 while |steps| covers it, the fraction left on the last one, 0 beyond.
         weight = (steps.abs() - (step - 1)).clamp(0, 1)
         out = out + weight * (torch.where(steps > 0, dilated, eroded) - out)
-    return out
+    # One in five drawn hollow instead: ink only along the stroke's edges (a worn or pooling marker, an
+    # outlined "bubble" digit): the ring a dilation adds around the stroke, at full ink.
+    ring = (F.max_pool2d(x, 3, 1, 1) - x).clamp(0, 1)
+    ring = ring / ring.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    hollow = (torch.rand(n, generator=generator, device=x.device) < 0.2).view(n, 1, 1, 1)
+    return torch.where(hollow, ring, out)
 
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -201,8 +206,8 @@ def _smooth_field(n: int, height: int, width: int, generator: torch.Generator, d
 
 
 def _marks(x: torch.Tensor, ink: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Stray marks of each image's ``ink``: 1-3 straight lines across the image (solid, or dotted for one in
-    three), or for one image in four a band along one edge (a table or the page's edge in a crop)."""
+    """Stray marks of each image's ``ink``: 1-3 lines across the image (straight, dotted or zigzag, a third
+    each), and for one image in four a band along one edge (a table or the page's edge in a crop)."""
     n, _, height, width = x.shape
     device = x.device
     rows = torch.arange(height, device=device, dtype=x.dtype).view(1, height, 1)
@@ -215,12 +220,17 @@ def _marks(x: torch.Tensor, ink: torch.Tensor, generator: torch.Generator) -> to
         thickness = 0.5 + torch.rand(n, generator=generator, device=device)
         dy, dx = torch.sin(angle).view(n, 1, 1), torch.cos(angle).view(n, 1, 1)
         # Distance of each pixel from the line through `start` in direction (dx, dy).
-        distance = ((cols - start[:, 1].view(n, 1, 1)) * dy - (rows - start[:, 0].view(n, 1, 1)) * dx).abs()
-        line = (1 - (distance - thickness.view(n, 1, 1)).clamp(0, 1)) * (index < lines).view(n, 1, 1)
-        dotted = (torch.rand(n, generator=generator, device=device) < 1 / 3).view(n, 1, 1)
+        across = (cols - start[:, 1].view(n, 1, 1)) * dy - (rows - start[:, 0].view(n, 1, 1)) * dx
         along = (cols - start[:, 1].view(n, 1, 1)) * dx + (rows - start[:, 0].view(n, 1, 1)) * dy
+        kind = torch.randint(0, 3, (n, 1, 1), generator=generator, device=device)  # solid, dotted, zigzag
+        # A zigzag (a scribble) swings across its line: a triangle wave of 4-8 px period, 1.5-3 px each side.
+        period = 4 + 4 * torch.rand(n, 1, 1, generator=generator, device=device)
+        swing = 1.5 + 1.5 * torch.rand(n, 1, 1, generator=generator, device=device)
+        wave = swing * (4 * (along / period - (along / period + 0.5).floor()).abs() - 1)
+        distance = torch.where(kind == 2, across - wave, across).abs()
+        line = (1 - (distance - thickness.view(n, 1, 1)).clamp(0, 1)) * (index < lines).view(n, 1, 1)
         gaps = (along.floor().remainder(4) >= 2).to(x.dtype)
-        marks = torch.maximum(marks, torch.where(dotted, line * gaps, line))
+        marks = torch.maximum(marks, torch.where(kind == 1, line * gaps, line))
     band = torch.randint(2, 8, (n, 1, 1), generator=generator, device=device)
     side = torch.randint(0, 4, (n, 1, 1), generator=generator, device=device)
     # Each pixel's distance from the chosen edge (top, bottom, left, right).
