@@ -2,7 +2,7 @@
 
     mnist_nn.train(recipe, **overrides)        train a recipe; see trainer.train
     mnist_nn.load_checkpoint(path)             a trained model and its metadata
-    mnist_nn.predict(images, checkpoint)       read digits in image files, PIL images or arrays
+    mnist_nn.predict(images[, checkpoint])     read digits in image files, PIL images or arrays
     mnist_nn.Predictor.from_checkpoint(path)   the class behind predict, export and serve
 
 Importing the package does not import torch (about 1.5 s): the public names load on first use,

@@ -1,7 +1,8 @@
 """``mnist_nn.predict``: read digits in images from Python, in one call.
 
     >>> import mnist_nn
-    >>> result = mnist_nn.predict("docs/images/digit.png", "runs/tutorial/model.pt")
+    >>> result = mnist_nn.predict("docs/images/digit.png")  # the bundled default model
+    >>> result = mnist_nn.predict("docs/images/digit.png", "runs/tutorial/model.pt")  # a model of your own
     >>> result.label, round(result.probabilities[result.label], 3)
 
 A thin layer over ``Predictor`` (predict.py), the class the CLI, the exporter and the web server
@@ -50,7 +51,7 @@ class Reading:
 
 def predict(
     images: ImageInput | Sequence[ImageInput],
-    checkpoint: str | os.PathLike | Checkpoint | Predictor,
+    checkpoint: str | os.PathLike | Checkpoint | Predictor | None = None,
     *,
     preprocess: bool = True,
     device: str = "auto",
@@ -64,7 +65,8 @@ def predict(
     ``preprocess=False`` each image must already be MNIST form: 28x28, a light digit on black, 0-255.
     The normalization the model was trained with is applied inside; do not scale the pixels.
 
-    ``checkpoint``: a ``model.pt`` path, a loaded ``mnist_nn.load_checkpoint(...)``, or a ``Predictor``.
+    ``checkpoint``: a ``model.pt`` path, a bundled model's name ("robust", "cnn-fast", "tutorial"), a loaded
+    ``mnist_nn.load_checkpoint(...)``, or a ``Predictor``; None (the default) is the bundled robust model.
     ``device``: auto (CUDA, then Apple's MPS, then the CPU), cpu, cuda or mps.
 
     Returns a ``Reading`` (label and probabilities) for one image, a list of them for a list.
@@ -104,9 +106,11 @@ def _predictor(checkpoint: Any, device: str) -> Predictor:
         labels = get_dataset_spec(checkpoint.dataset).classes
         metadata = {"checkpoint": str(checkpoint.path), "model": checkpoint.model_name, "dataset": checkpoint.dataset}
         return Predictor(checkpoint.model, checkpoint.mean, checkpoint.std, labels, metadata)
-    if not isinstance(checkpoint, (str, os.PathLike)):
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise UserError(f"checkpoint: expected a model.pt path, a Checkpoint or a Predictor, got {checkpoint!r}")
-    path = Path(checkpoint).resolve()
+    from .bundled import resolve_model
+
+    path = resolve_model(checkpoint).resolve()
     stamp = path.stat().st_mtime_ns if path.is_file() else 0
     return _cached_predictor(path, stamp, device)
 

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, NoReturn
 import torch
 from torch import nn
 
+from .bundled import resolve_model
 from .errors import UserError
 from .fsutil import atomic_write
 from .models import build_model
@@ -348,11 +349,12 @@ def load_weights(model: nn.Module, state_dict: Any, path: Path, model_name: str)
 def load_checkpoint(
     path: str | os.PathLike, device: torch.device | str = "cpu", expect_dataset: str | None = None
 ) -> Checkpoint:
-    """Load and check a checkpoint (``model.pt``, or a training ``state.pt``); every failure is a UserError.
+    """Load and check a checkpoint (``model.pt``, a training ``state.pt``, or a bundled model's name);
+    every failure is a UserError.
 
     ``expect_dataset``: refuse a checkpoint trained on another dataset.
     """
-    path = Path(path)
+    path = resolve_model(path)  # a bundled model's name ("robust") works wherever a checkpoint path does
     payload = _read_payload(path, "checkpoint")
     if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
         _check_version(path, payload, "training state", STATE_FORMAT_VERSION)
