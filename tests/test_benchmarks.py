@@ -185,3 +185,29 @@ def test_predict_realphoto_benchmark(mnist_dir, trained_checkpoint, tmp_path):
     data = json.loads((tmp_path / "predict-realphoto.json").read_text())
     assert data["photo_images"] == 50 and data["multi_numbers"] == 20
     assert data["onnx_max_abs_diff"] < 1e-4 and data["onnxruntime_images_per_s"] > 0
+
+
+def test_robustness_benchmark_and_its_table(mnist_dir, random_checkpoint, tmp_path):
+    grid = tmp_path / "grid.png"
+    out = bench(
+        "robustness.py",
+        str(random_checkpoint),
+        "--data-dir",
+        str(mnist_dir),
+        "--device",
+        "cpu",
+        "--grid",
+        str(grid),
+        "--results",
+        str(tmp_path),
+    )
+    data = json.loads((tmp_path / "robustness-tutorial-mlp.json").read_text())  # no recipe recorded: the model
+    assert data["test_size"] == 10000 and len(data["corruptions"]) == 15 and data["cached_read_seconds"] > 0
+    assert set(data["build_seconds_per_corruption"]) == set(data["corruptions"]) and data["score_seconds"] > 0
+    assert "built the 15 corrupted sets in" in out and grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- robustness-results:start -->\nold\n<!-- robustness-results:end -->\nend\n")
+    bench("render_results.py", "--results", str(tmp_path), "--readme", str(readme))
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0] == "| corruption | `tutorial-mlp` |" and len(rows) == 2 + 15 + 2
+    assert rows[-2] == f"| **mean** | **{100 * data['mean_accuracy']:.2f}%** |"

@@ -228,7 +228,7 @@ def test_every_command_has_the_same_device_rule():
         for action in parser._actions:
             if "--device" in action.option_strings:
                 defaults[name] = (action.default, "auto (the default: a CUDA GPU, else" in action.help)
-    assert defaults == dict.fromkeys(["train", "evaluate", "predict", "serve"], ("auto", True))
+    assert defaults == dict.fromkeys(["train", "evaluate", "robustness", "predict", "serve"], ("auto", True))
 
 
 # Each runs in a fresh interpreter that reports whether the command imported torch.
@@ -239,6 +239,7 @@ NO_TORCH = [
     ["models"],
     ["train", "--help"],
     ["serve", "--help"],
+    ["robustness", "--help"],
     ["train", "--recipe", "nope"],
     ["train", "--epochs", "two"],
     ["predict"],

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import NoReturn
 
 from .device import DEVICE_CHOICES
@@ -40,6 +41,35 @@ def _add_data_argument(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder with the four IDX files, .gz or raw (default: $MNIST_NN_DATA, then the cache)",
     )
+
+
+def _add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help="a bundled model's name (see `mnist-nn models --pretrained`) or a checkpoint file "
+        "(default: the bundled robust model)",
+    )
+
+
+def _chosen_model(model: str | None, checkpoint: str | None) -> Path:
+    """The checkpoint file a command uses: --model, else the positional CHECKPOINT, else the bundled default."""
+    from .bundled import resolve_model
+
+    if model is not None and checkpoint is not None:
+        raise UserError(f"two models given ({checkpoint} and --model {model}): give one")
+    return resolve_model(model if model is not None else checkpoint)
+
+
+def _split_model_and_images(model: str | None, paths: list[str]) -> tuple[Path, list[str]]:
+    """``predict [CHECKPOINT] IMAGE...``: the first path is the checkpoint when it looks like one."""
+    from .bundled import looks_like_model
+
+    if model is None and paths and looks_like_model(paths[0]):
+        if len(paths) == 1:
+            raise UserError(f"no images given after the checkpoint {paths[0]}: mnist-nn predict [CHECKPOINT] IMAGE...")
+        return _chosen_model(None, paths[0]), paths[1:]
+    return _chosen_model(model, None), paths
 
 
 def _add_device_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -82,6 +112,14 @@ RECIPE_HELP = {
     "aug_elastic": "augmentation: elastic distortion of up to this many pixels (0: off)",
     "aug_elastic_sigma": "augmentation: smoothness of the elastic distortion, pixels",
     "aug_flip": "augmentation: probability of a left-right mirror image (for clothes; never for digits)",
+    "aug_thickness": "ink: pens finer or thicker by up to this many pixel steps (erosion or dilation)",
+    "aug_blur": "ink: focus or motion blur up to this sigma, pixels",
+    "aug_contrast": "ink: fainter by up to this fraction",
+    "aug_brightness": "ink: paper greyer, evenly or as a shade, by up to this much of full ink",
+    "aug_noise": "ink: sensor noise up to this std, or specks on up to this share of pixels",
+    "aug_occlude": "ink: stray lines or dotted lines up to this ink (1: full), or a band along an edge",
+    "aug_lowres": "ink: resolution loss, down to 28*(1-this) pixels a side and back",
+    "aug_ink_share": "ink: the share of images each ink augmentation is applied to",
     "channels_last": "channels-last memory format (faster convolutions on CPU)",
     "eval_batch_size": "batch size for evaluation",
     "log_every": "print the loss every this many batches",
@@ -305,9 +343,25 @@ def _models_arguments(models: argparse.ArgumentParser) -> None:
     models.add_argument(
         "--parameters", action="store_true", help="also build each model and count its parameters (loads PyTorch)"
     )
+    models.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="list the trained models bundled with mnist-nn, with their accuracies (use them with --model NAME)",
+    )
 
 
 def _models(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        from .bundled import DEFAULT_MODEL, bundled_models
+
+        print(f"{'name':<10} {'recipe':<10} {'parameters':>10} {'MNIST':>7} {'MNIST-C':>8}  description")
+        for name, model in bundled_models().items():
+            default = " (default)" if name == DEFAULT_MODEL else ""
+            print(
+                f"{name:<10} {model.recipe:<10} {model.parameters:>10,} {100 * model.clean_accuracy:>6.2f}% "
+                f"{100 * model.mnist_c_mean:>7.2f}%  {model.description}{default}"
+            )
+        return 0
     if args.parameters:
         from .models import MODELS, build_model, count_parameters
 
@@ -327,7 +381,6 @@ def _model_catalog() -> list[tuple[str, str]]:
     """
     import ast
     from importlib.util import find_spec
-    from pathlib import Path
 
     spec = find_spec(f"{__package__}.models")
     source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
@@ -352,8 +405,14 @@ def _recipes(args: argparse.Namespace) -> int:
 
 
 def _predict_arguments(predict: argparse.ArgumentParser) -> None:
-    predict.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
-    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders of them (not recursive)")
+    predict.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files, or folders of them (not recursive); a first PATH ending in .pt, or naming a bundled "
+        "model, is the checkpoint (`predict CHECKPOINT IMAGE...`)",
+    )
+    _add_model_argument(predict)
     predict.add_argument("--top-k", type=int, default=3, help="alternatives to show per digit (default: 3)")
     predict.add_argument(
         "--threshold",
@@ -393,7 +452,8 @@ def _predict(args: argparse.Namespace) -> int:
     check_options(args.top_k, args.threshold, max_pixels)
     if args.multi and args.no_preprocess:
         raise UserError("--multi needs preprocessing (it finds the digits); drop --no-preprocess")
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    checkpoint, args.paths = _split_model_and_images(args.model, args.paths)
+    predictor = Predictor.from_checkpoint(checkpoint, device=args.device)
     if args.multi and predictor.metadata["dataset"] != "mnist":
         raise UserError(f"--multi reads handwritten numbers; this checkpoint is for {predictor.metadata['dataset']}")
     save_dir = ensure_writable_dir(args.save_preprocessed) if args.save_preprocessed else None
@@ -459,7 +519,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve_arguments(serve: argparse.ArgumentParser) -> None:
-    serve.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
+    serve.add_argument(
+        "checkpoint", nargs="?", help="a model.pt written by `mnist-nn train` (default: the bundled default model)"
+    )
+    _add_model_argument(serve)
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
     )
@@ -489,7 +552,8 @@ def _serve(args: argparse.Namespace) -> int:
     _require_serve_extra("serve")
     from .serve import run
 
-    run(args.checkpoint, host=args.host, port=args.port, device=args.device, workers=args.workers)
+    checkpoint = _chosen_model(args.model, args.checkpoint)
+    run(checkpoint, host=args.host, port=args.port, device=args.device, workers=args.workers)
     return 0
 
 
@@ -590,6 +654,51 @@ def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- robustness
+
+
+def _robustness_arguments(robustness: argparse.ArgumentParser) -> None:
+    robustness.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a model.pt written by `mnist-nn train` (or a run's state.pt); default: the bundled default model",
+    )
+    _add_model_argument(robustness)
+    robustness.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder with the four IDX files, .gz or raw (default: $MNIST_NN_DATA, then the folder the run was "
+        "trained on if it still verifies, then the cache)",
+    )
+    robustness.add_argument(
+        "--out",
+        metavar="PNG",
+        help="the grid of one digit under each corruption (default: robustness.png beside the checkpoint; "
+        "for a bundled model, robustness-NAME.png here)",
+    )
+    robustness.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_device_argument(robustness, "run")
+    robustness.add_argument(
+        "--batch-size", type=int, default=None, metavar="N", help="images scored at once (default: 256)"
+    )
+
+
+def _robustness(args: argparse.Namespace) -> int:
+    from .bundled import PRETRAINED_DIR
+    from .robustness import format_report, robustness_report
+
+    checkpoint = _chosen_model(args.model, args.checkpoint)
+    out = args.out
+    if out is None and checkpoint.resolve().parent == PRETRAINED_DIR:  # never write into the installed package
+        out = f"robustness-{checkpoint.stem}.png"
+    data_dir = args.data_dir
+    if data_dir is None and not os.environ.get("MNIST_NN_DATA"):
+        data_dir = _recorded_data_dir([checkpoint])
+    report = robustness_report(checkpoint, data_dir=data_dir, device=args.device, out=out, batch_size=args.batch_size)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -608,6 +717,15 @@ COMMANDS = (
     Command("train", "train a recipe and write a run directory", _train_arguments, _train),
     Command(
         "evaluate", "score a checkpoint, or an ensemble of several, on the test set", _evaluate_arguments, _evaluate
+    ),
+    Command(
+        "robustness",
+        "score a checkpoint on MNIST-C: the test set under 15 corruptions (noise, blur, affine, fog, lines...)",
+        _robustness_arguments,
+        _robustness,
+        description="Corrupt the 10,000 test digits with each of MNIST-C's 15 corruptions (Mu & Gilmer 2019), "
+        "seeded and cached, and print the checkpoint's accuracy on each, their mean and the clean accuracy; draw "
+        "one digit under each corruption, with the accuracy, in a PNG.",
     ),
     Command("data", "show where the data is and verify it", _data_arguments, _data),
     Command("models", "list the models", _models_arguments, _models),
