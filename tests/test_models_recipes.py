@@ -59,7 +59,9 @@ def test_overrides_and_their_validation():
 
 
 def test_unknown_recipe():
-    with pytest.raises(UserError, match="unknown recipe 'fast'; known recipes: cnn-best, cnn-fast, mlp-best, robust, tutorial"):
+    with pytest.raises(
+        UserError, match="unknown recipe 'fast'; known recipes: cnn-best, cnn-fast, mlp-best, robust, tutorial"
+    ):
         get_recipe("fast")
 
 
