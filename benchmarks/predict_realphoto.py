@@ -3,8 +3,10 @@
     python benchmarks/predict_realphoto.py CHECKPOINT --data-dir DIR
 
 Uses the same seeded synthetic sets as the tests (mnist_nn.synthetic): 1,000 photo-like single
-digits and 500 numbers of 2-6 digits made from MNIST test images. Prints the figures and writes
-them as JSON to benchmarks/results/predict-realphoto.json.
+digits in every look (thick markers, fine pens, uneven light, shadows, inverted, low resolution...,
+with the accuracy of each look and the images read wrong), 1,000 in the first, milder "classic"
+look alone, and 500 numbers of 2-6 digits made from MNIST test images. Prints the figures and
+writes them as JSON to benchmarks/results/predict-realphoto.json.
 """
 
 from __future__ import annotations
@@ -60,13 +62,25 @@ def main() -> int:
 
     photos = synthetic.photo_set(images, labels, count=args.photos, seed=0)
     start = time.perf_counter()
-    photo_right = sum(predictor.predict(item.data).label == item.label for item in photos)
+    readings = [predictor.predict(item.data).label for item in photos]
     photo_seconds = time.perf_counter() - start
+    photo_right = sum(read == item.label for read, item in zip(readings, photos, strict=True))
+    by_look = {}
+    for look in synthetic.LOOKS:
+        pairs = [(read, item) for read, item in zip(readings, photos, strict=True) if item.look == look]
+        by_look[look] = {"images": len(pairs), "accuracy": float(np.mean([r == item.label for r, item in pairs]))}
+    wrong = [
+        {"name": item.name, "look": item.look, "label": item.label, "read": read}
+        for read, item in zip(readings, photos, strict=True)
+        if read != item.label
+    ]
+    classic = synthetic.photo_set(images, labels, count=args.photos, seed=0, looks=("classic",))
+    classic_right = sum(predictor.predict(item.data).label == item.label for item in classic)
 
     numbers = synthetic.number_set(images, labels, count=args.numbers, seed=1)
-    readings = [predictor.predict(item.data, multi=True).label or "" for item in numbers]
-    exact = float(np.mean([r == item.label for r, item in zip(readings, numbers, strict=True)]))
-    counted = float(np.mean([len(r) == len(item.label) for r, item in zip(readings, numbers, strict=True)]))
+    numbers_read = [predictor.predict(item.data, multi=True).label or "" for item in numbers]
+    exact = float(np.mean([r == item.label for r, item in zip(numbers_read, numbers, strict=True)]))
+    counted = float(np.mean([len(r) == len(item.label) for r, item in zip(numbers_read, numbers, strict=True)]))
     ceiling = float(np.mean([plain ** len(item.label) for item in numbers]))
 
     from mnist_nn.export import export_checkpoint, onnx_session
@@ -99,6 +113,9 @@ def main() -> int:
         "photo_accuracy": photo_right / len(photos),
         "photo_images": len(photos),
         "photo_seconds": photo_seconds,
+        "photo_accuracy_by_look": by_look,
+        "photo_wrong": wrong,
+        "classic_photo_accuracy": classic_right / len(classic),
         "multi_exact": exact,
         "multi_digit_count_right": counted,
         "multi_ceiling_from_plain": ceiling,
@@ -114,6 +131,12 @@ def main() -> int:
         f"  photo-like accuracy        {100 * result['photo_accuracy']:6.2f}%  ({len(photos):,} images, "
         f"{100 * (result['photo_accuracy'] - plain):+.2f} points; {photo_seconds / len(photos) * 1000:.1f} ms/image)"
     )
+    for look, figures in by_look.items():
+        print(f"    {look:<24} {100 * figures['accuracy']:6.2f}%  ({figures['images']} images)")
+    if wrong:
+        shown = ", ".join(f"{w['name']} ({w['look']}: {w['label']} read {w['read'] or 'nothing'})" for w in wrong[:20])
+        print(f"    read wrong: {shown}{' ...' if len(wrong) > 20 else ''}")
+    print(f"  classic photo-like         {100 * result['classic_photo_accuracy']:6.2f}%  ({len(classic):,} images)")
     print(
         f"  numbers read exactly       {100 * exact:6.2f}%  ({len(numbers)} numbers of 2-6 digits; digit count right "
         f"{100 * counted:.1f}%; p^n ceiling {100 * ceiling:.1f}%)"

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import mnist_nn
 from mnist_nn import synthetic
 from mnist_nn.checkpoint import load_checkpoint
 from mnist_nn.cli import main
@@ -113,6 +114,35 @@ def test_save_preprocessed_writes_what_the_model_saw(random_checkpoint, tmp_path
     assert first.shape == (28, 28) and first.max() > 200 and first[0, 0] == 0
 
 
+def test_no_digit_says_why_and_save_preprocessed_writes_the_mask_seen(random_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("L", (60, 80), 235).save(folder / "blank.png")
+    faint = Image.new("L", (120, 120), 220)
+    ImageDraw.Draw(faint).line((60, 20, 55, 100), fill=208, width=10)  # 12 grey levels: under the 20 needed
+    faint.save(folder / "faint.png")
+    dots = Image.new("L", (180, 180), 230)
+    for y in range(10, 180, 30):
+        for x in range(10, 180, 30):
+            ImageDraw.Draw(dots).ellipse((x, y, x + 10, y + 10), fill=20)
+    dots.save(folder / "dots.png")
+    digit_png(folder / "one.png")
+    out = tmp_path / "seen"
+    code, table, err = run_main(capsys, "predict", random_checkpoint, folder, "--save-preprocessed", out)
+    assert code == 0 and err == ""
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line for line in table.strip().splitlines()[1:]}
+    for name, reason in (("blank.png", "no ink"), ("faint.png", "too faint"), ("dots.png", "too many blobs")):
+        assert "no digit found" in rows[name] and reason in rows[name], rows[name]
+    assert sorted(p.name for p in out.iterdir()) == ["blank-mask.png", "dots-mask.png", "faint-mask.png", "one.png"]
+    mask = np.asarray(Image.open(out / "dots-mask.png"))
+    assert mask.shape == (180, 180) and mask[15, 15] == 255 and mask[0, 0] == 0  # what was seen: every dot
+    assert not np.asarray(Image.open(out / "blank-mask.png")).any()
+    code, out_json, _ = run_main(capsys, "predict", random_checkpoint, folder / "faint.png", "--json")
+    (result,) = json.loads(out_json)
+    assert result["status"] == "no digit found" and result["reason"].startswith("too faint: ")
+    assert "\n" not in result["reason"] and result["label"] is None
+
+
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
@@ -157,7 +187,9 @@ def test_photo_like_images_score_within_one_point_of_the_plain_test_set(
     images, labels = mnist_test
     predictor = Predictor.from_checkpoint(trained_checkpoint)
     plain = float((predictor.probabilities(images).argmax(1).numpy() == labels).mean())
-    truth = synthetic.write_set(synthetic.photo_set(images, labels, count=1000, seed=0), tmp_path / "photos")
+    # The first, milder set: dark ink on light paper, any size and place, noise, JPEG, transparency.
+    photos = synthetic.photo_set(images, labels, count=1000, seed=0, looks=("classic",))
+    truth = synthetic.write_set(photos, tmp_path / "photos")
     code, out, err = run_main(capsys, "predict", trained_checkpoint, tmp_path / "photos", "--json")
     assert code == 0 and err == ""
     read = {r["source"].rsplit("/", 1)[-1]: r["label"] for r in json.loads(out)}
@@ -165,6 +197,78 @@ def test_photo_like_images_score_within_one_point_of_the_plain_test_set(
     accuracy = sum(read[name] == label for name, label in truth.items()) / len(truth)
     print(f"plain test accuracy {plain:.4f}; photo-like accuracy {accuracy:.4f} (1,000 images)")
     assert accuracy >= plain - 0.01
+
+
+@pytest.mark.realdata
+def test_the_strengthened_photo_set_is_read(trained_checkpoint, mnist_test):
+    # Thick markers, fine pens, pencil, uneven light and shadows, off-centre, inverted, low resolution,
+    # coloured ink, ink on transparency, heavy JPEG: the preprocessing must hand the model MNIST's digits.
+    images, labels = mnist_test
+    predictor = Predictor.from_checkpoint(trained_checkpoint)
+    plain = float((predictor.probabilities(images).argmax(1).numpy() == labels).mean())
+    photos = synthetic.photo_set(images, labels, count=1000, seed=0)
+    right = [predictor.predict(item.data).label == item.label for item in photos]
+    accuracy = float(np.mean(right))
+    worst = min(
+        (float(np.mean([r for r, item in zip(right, photos, strict=True) if item.look == look])), look)
+        for look in synthetic.LOOKS
+    )
+    print(f"plain {plain:.4f}; strengthened photo-like {accuracy:.4f}; worst look {worst[1]} {worst[0]:.3f}")
+    # No look collapses (before: 47% of shadowed photos read, 64% of phone photos); an MLP is weakest on
+    # a marker's bold digits, 84% for the tutorial's after 2 epochs.
+    assert accuracy >= plain - 0.03 and worst[0] >= 0.8
+    if plain >= 0.995:  # a strong checkpoint (cnn-best): the issue's bar
+        assert accuracy >= 0.995
+
+
+def issue_three(images: np.ndarray, labels: np.ndarray, predictor: Predictor) -> np.ndarray:
+    """An MNIST test 3 that reads 3 on evenly lit paper (the issue's control)."""
+    for index in np.flatnonzero(labels == 3):
+        even = synthetic.photo(images[index], "3", synthetic.Look(size=200, paper=215, ink=30, noise=2))
+        if predictor.predict(even.data).label == "3":
+            return images[index]
+    raise AssertionError("no 3 of the test set reads 3 on plain paper")
+
+
+@pytest.mark.realdata
+def test_a_dark_three_on_unevenly_lit_paper_reads_3(trained_checkpoint, mnist_test, tmp_path, capsys):
+    # The issue: a gradient of 35 grey levels across the page, or 60 with noise, gave "no digit found".
+    images, labels = mnist_test
+    three = issue_three(images, labels, Predictor.from_checkpoint(trained_checkpoint))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    looks = {
+        "even": synthetic.Look(size=200, canvas=(2.2, 1.8), paper=215, ink=30, noise=2, kind="jpeg"),
+        "gradient-35": synthetic.Look(size=200, canvas=(2.2, 1.8), paper=215, ink=30, gradient=35, noise=2),
+        "gradient-60-noise": synthetic.Look(
+            size=200, canvas=(2.2, 1.8), paper=215, ink=30, gradient=60, angle=200, noise=10, kind="jpeg", quality=80
+        ),
+    }
+    for name, look in looks.items():
+        item = synthetic.photo(three, "3", look, stem=name)
+        (folder / item.name).write_bytes(item.data)
+    code, out, err = run_main(
+        capsys, "predict", trained_checkpoint, folder, "--json", "--save-preprocessed", tmp_path / "seen"
+    )
+    assert code == 0 and err == ""
+    read = {r["source"].rsplit("/", 1)[-1].split(".")[0]: r for r in json.loads(out)}
+    assert {name: r["label"] for name, r in read.items()} == {name: "3" for name in looks}, read
+    assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == [f"{name}.png" for name in sorted(looks)]
+    # The Python API (and the server) take the same Predictor: the same answers.
+    readings = mnist_nn.predict(sorted(folder.iterdir()), trained_checkpoint, device="cpu")
+    assert [reading.label for reading in readings] == ["3"] * len(looks)
+
+
+@pytest.mark.realdata
+def test_white_ink_on_a_transparent_png_reads(trained_checkpoint, mnist_test, tmp_path, capsys):
+    images, labels = mnist_test
+    three = issue_three(images, labels, Predictor.from_checkpoint(trained_checkpoint))
+    for colour in ((255, 255, 255), (250, 230, 60)):  # white ink, yellow ink: both vanish on white
+        item = synthetic.photo(three, "3", synthetic.Look(size=160, kind="png-rgba", ink_colour=colour, noise=0))
+        (tmp_path / "white.png").write_bytes(item.data)
+        code, out, _ = run_main(capsys, "predict", trained_checkpoint, tmp_path / "white.png", "--json")
+        (result,) = json.loads(out)
+        assert code == 0 and result["status"] == "ok" and result["label"] == "3", result
 
 
 @pytest.mark.realdata

@@ -77,6 +77,7 @@ class Prediction:
     top: list[dict[str, Any]] = field(default_factory=list)
     digits: list[DigitReading] = field(default_factory=list)
     error: str | None = None
+    reason: str | None = None  # why no digit was found: "no ink: ...", "too faint: ...", "too many blobs: ..."
 
     @property
     def failed(self) -> bool:
@@ -101,6 +102,8 @@ class ImageReading:
     digits: list[DigitReading]
     probabilities: torch.Tensor  # float32 [N, classes]: row i is digits[i]'s distribution
     pixels: np.ndarray  # float32 [N, 28, 28], 0-255, light on dark
+    reason: str | None = None  # without digits: why (NoDigitFound.reason)
+    mask: np.ndarray | None = None  # without digits: the ink that was seen, uint8 [H, W] (NoDigitFound.seen)
 
     @property
     def found(self) -> bool:
@@ -217,9 +220,9 @@ class Predictor:
         name = source_name(source)
         try:
             segments = self.prepare(source, preprocess=preprocess, multi=multi, max_pixels=max_pixels)
-        except NoDigitFound:
+        except NoDigitFound as exc:
             empty = np.zeros((0, MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
-            return ImageReading(name, [], torch.zeros(0, len(self.labels)), empty)
+            return ImageReading(name, [], torch.zeros(0, len(self.labels)), empty, exc.reason, exc.seen)
         except ImageError:
             raise
         except Exception as exc:
@@ -248,8 +251,9 @@ class Predictor:
         """Read one image. Errors about the image become a Prediction with status "error".
 
         ``save_to``: a PNG path to write what the model saw (with ``multi``, one file per digit,
-        numbered after the stem). ``explain_to``: the same for what it saw beside why it answered
-        (``explain.save_explanations``); an image that cannot be read gets neither.
+        numbered after the stem; without a digit, the ink mask it saw, as STEM-mask.png). ``explain_to``:
+        the same for what it saw beside why it answered (``explain.save_explanations``); an image that
+        cannot be read gets neither.
         """
         name = source_name(source)
         options = {"preprocess": preprocess, "multi": multi, "top_k": top_k, "threshold": threshold}
@@ -258,7 +262,9 @@ class Predictor:
         except ImageError as exc:
             return Prediction(source=name, status="error", error=str(exc))
         if not reading.found:
-            return Prediction(source=name, status=NO_DIGIT)
+            if save_to is not None and reading.mask is not None:
+                save_mask(reading.mask, save_to)
+            return Prediction(source=name, status=NO_DIGIT, reason=reading.reason)
         if save_to is not None:
             save_preprocessed(reading.pixels, save_to)
         if explain_to is not None:
@@ -351,6 +357,21 @@ def save_preprocessed(pixels: np.ndarray, path: str | os.PathLike) -> list[Path]
     return written
 
 
+def save_mask(mask: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write the ink mask seen in an image without a digit (uint8 [H, W]) as STEM-mask.png.
+
+    ``path`` names the file its digit would have had: "blank" and "blank.png" both give blank-mask.png.
+    """
+    from .fsutil import atomic_write
+
+    path = Path(path)
+    stem = path.name[: -len(".png")] if path.name.lower().endswith(".png") else path.name
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=np.uint8)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    return atomic_write(path.with_name(f"{stem}-mask.png"), lambda handle: handle.write(data))
+
+
 def _unique_name(stem: str, used: set[str]) -> str:
     name, n = stem, 1
     while name in used:
@@ -377,7 +398,7 @@ def format_table(predictions: Sequence[Prediction], top_k: int = 3) -> str:
             lines.append(f"{source:<{width}}  {'error':<14} {'':>6}  {p.error}")
             continue
         if p.status == NO_DIGIT:
-            lines.append(f"{source:<{width}}  {NO_DIGIT:<14}")
+            lines.append(f"{source:<{width}}  {NO_DIGIT:<14} {'':>6}  {p.reason or ''}".rstrip())
             continue
         answer = p.label if p.status == "ok" or len(p.digits) > 1 else UNCERTAIN
         if len(p.digits) > 1 or (p.digits and p.top == []):
