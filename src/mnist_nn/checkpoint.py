@@ -266,6 +266,8 @@ def _check_container(path: Path, what: str, head: bytes) -> None:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
+                # torch.load does not check the members' CRC-32: damaged weights would load as other numbers.
+                damaged = archive.testzip()
         except (zipfile.BadZipFile, OSError):
             # The zip's index is at its end: a cut-short copy or interrupted write loses it first.
             raise UserError(
@@ -273,6 +275,10 @@ def _check_container(path: Path, what: str, head: bytes) -> None:
             ) from None
         if not any(name.endswith("data.pkl") for name in names):
             raise UserError(f"{path}: a zip archive, but not a PyTorch file, so not an mnist-nn {what}")
+        if damaged is not None:
+            raise UserError(
+                f"{path}: corrupt PyTorch file ({damaged} fails its checksum); copy or save the {what} again"
+            )
         return
     if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocols 2-5
         if LEGACY_MAGIC not in head:
