@@ -17,7 +17,8 @@ from pathlib import Path
 from common import RESULTS, ROOT
 
 READMES = [ROOT / "README.md", ROOT / "README_Chinese.md", ROOT / "benchmarks" / "README.md"]
-RECIPE_ORDER = ["tutorial", "mlp-best", "cnn-fast", "cnn-best"]
+RECIPE_ORDER = ["tutorial", "mlp-best", "cnn-fast", "cnn-best", "robust"]
+PRETRAINED_INDEX = ROOT / "src" / "mnist_nn" / "pretrained" / "models.json"
 
 
 def _load(results: Path, pattern: str) -> list[dict]:
@@ -267,7 +268,27 @@ def robustness_table(results: Path, chinese: bool) -> str:
     return "\n".join(lines) + note
 
 
+def pretrained_table(results: Path, chinese: bool) -> str:
+    """The bundled models (src/mnist_nn/pretrained/models.json, made by scripts/make_pretrained.py)."""
+    models = json.loads(PRETRAINED_INDEX.read_text())["models"] if PRETRAINED_INDEX.exists() else []
+    header = (
+        "| 名称 | 配方（种子） | 参数 | 文件 | MNIST 测试集 | MNIST-C 平均 |"
+        if chinese
+        else "| name | recipe (seed) | parameters | file | MNIST test | MNIST-C mean |"
+    )
+    lines = [header, "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for index, model in enumerate(models):
+        size = (PRETRAINED_INDEX.parent / model["file"]).stat().st_size / 1024
+        default = ("（默认）" if chinese else " (default)") if index == 0 else ""
+        lines.append(
+            f"| `{model['name']}`{default} | `{model['recipe']}` ({model['seed']}) | {model['parameters']:,} | "
+            f"{size:.0f} KB | {_pct(model['clean_accuracy'])} | {_pct(model['mnist_c_mean'])} |"
+        )
+    return "\n".join(lines)
+
+
 TABLES = {
+    "pretrained-models": pretrained_table,
     "load-results": load_table,
     "profile-results": profile_table,
     "recipe-results": recipe_table,
