@@ -43,7 +43,10 @@ def test_console_script_and_module_entry_points():
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["--recipe", "nope"], "unknown recipe 'nope'; known recipes: cnn-best, cnn-fast, mlp-best, robust, tutorial"),
+        (
+            ["--recipe", "nope"],
+            "unknown recipe 'nope'; known recipes: cnn-best, cnn-fast, cnn-speedrun, mlp-best, robust, tutorial",
+        ),
         (["--model", "nope"], "unknown model 'nope'"),
         (["--dataset", "nope"], "unknown dataset 'nope'"),
         (["--epochs", "0"], "epochs must be a positive integer, got 0"),

@@ -23,7 +23,7 @@ def test_tutorial_mlp_is_the_tutorials_network():
 
 
 def test_unknown_model():
-    known = "cnn-best, cnn-fast, lenet5, mlp, tutorial-mlp"
+    known = "cnn-best, cnn-fast, cnn-speedrun, lenet5, mlp, tutorial-mlp"
     with pytest.raises(UserError, match=f"unknown model 'resnet'; known models: {known}"):
         build_model("resnet")
 
@@ -60,7 +60,8 @@ def test_overrides_and_their_validation():
 
 def test_unknown_recipe():
     with pytest.raises(
-        UserError, match="unknown recipe 'fast'; known recipes: cnn-best, cnn-fast, mlp-best, robust, tutorial"
+        UserError,
+        match="unknown recipe 'fast'; known recipes: cnn-best, cnn-fast, cnn-speedrun, mlp-best, robust, tutorial",
     ):
         get_recipe("fast")
 
@@ -99,3 +100,49 @@ def test_bad_dataset_overrides_are_refused(overrides, message):
         recipe.validate()
         recipe.for_dataset("fashion-mnist")
         recipe.for_dataset("mnist")
+
+
+def test_adam_betas_default_to_pytorchs_and_older_recipes_build_the_same_optimizer():
+    from mnist_nn.prepare import make_optimizer
+
+    cpu = torch.device("cpu")
+    for name in ("tutorial", "mlp-best", "cnn-fast", "cnn-best", "robust"):
+        recipe = get_recipe(name)
+        assert (recipe.adam_beta1, recipe.adam_beta2) == (0.9, 0.999)
+        model = build_model("mlp", hidden=[4])
+        optimizer = make_optimizer(recipe, model, cpu)
+        kind = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+        before = kind(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
+        assert type(optimizer) is kind and optimizer.defaults == before.defaults
+    for field in ("adam_beta1", "adam_beta2"):
+        with pytest.raises(UserError, match=f"{field.replace('_', ' ')} must be in \\[0, 1\\), got 1.0"):
+            get_recipe("tutorial").replace(**{field: 1.0})
+
+
+def test_the_speedrun_recipe_has_the_speedrun_settings_and_a_tiny_pooled_cnn():
+    from mnist_nn.prepare import make_optimizer
+
+    recipe = get_recipe("cnn-speedrun")
+    assert (recipe.model, recipe.epochs, recipe.batch_size, recipe.optimizer, recipe.lr) == (
+        "cnn-speedrun", 1, 256, "adam", 1e-2,
+    )  # fmt: skip
+    assert (recipe.schedule, recipe.warmup_epochs, recipe.precision, recipe.val_size) == ("onecycle", 0.3, "auto", 0)
+    model = build_model("cnn-speedrun")
+    assert count_parameters(model) == 215_194
+    assert [type(m).__name__ for m in model if not isinstance(m, nn.ReLU)] == [
+        "Conv2d", "MaxPool2d", "Conv2d", "MaxPool2d", "Flatten", "Linear", "Linear",
+    ]  # fmt: skip
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    optimizer = make_optimizer(recipe, model, torch.device("cpu"))
+    assert optimizer.defaults["betas"] == (0.7, 0.9) and optimizer.defaults["lr"] == 1e-2
+
+
+def test_the_speedrun_recipe_trains_on_a_cpu(toy_dataset, tmp_path):
+    import json
+
+    from mnist_nn.trainer import train
+
+    result = train("cnn-speedrun", dataset="toy", data_dir=toy_dataset, out=tmp_path / "run", device="cpu", quiet=True)
+    assert result.summary["epochs"] == 1 and result.summary["test_accuracy"] > 0.5
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["recipe"]["adam_beta1"] == 0.7 and config["cuda_graph"] is False

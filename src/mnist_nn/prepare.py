@@ -179,10 +179,11 @@ def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device) -> to
     # The fused kernels update every parameter in one call instead of one small op per tensor.
     fused = device.type in ("cpu", "cuda")
     params = model.parameters()
+    betas = (recipe.adam_beta1, recipe.adam_beta2)  # the defaults are PyTorch's: older recipes are unchanged
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused)
+        return torch.optim.Adam(params, lr=recipe.lr, betas=betas, weight_decay=recipe.weight_decay, fused=fused)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused)
+        return torch.optim.AdamW(params, lr=recipe.lr, betas=betas, weight_decay=recipe.weight_decay, fused=fused)
     return torch.optim.SGD(
         params,
         lr=recipe.lr,

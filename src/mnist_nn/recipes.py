@@ -31,6 +31,10 @@ class Recipe:
     lr: float = 1e-3
     momentum: float = 0.9
     nesterov: bool = True
+    # Adam's and AdamW's (beta1, beta2): the decay of the averages of the gradient and its square.
+    # Two fields rather than a pair, so that each is a plain --adam-beta1/--adam-beta2 flag.
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
     weight_decay: float = 0.0
     # Learning-rate schedule (see schedules.py): constant, step, cosine or onecycle, after a linear warm-up.
     schedule: str = "constant"
@@ -143,6 +147,9 @@ class Recipe:
                 raise UserError(
                     f"dataset override for {dataset!r} names unknown field(s): {sorted(set(changes) - fields)}"
                 )
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{name.replace('_', ' ')} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.ema_decay < 1:
@@ -228,6 +235,30 @@ register_recipe(
         aug_shift=1,
         channels_last=True,
         precision="auto",
+    )
+)
+
+# 99% in the least time on a GPU, after tuomaso/train_mnist_fast (99.04%, mean of 30 seeds, in 0.76 s
+# on a laptop GPU): the data already on the device, one epoch in batches of 256 (235 steps), one-cycle
+# Adam with short memories (betas 0.7, 0.9: the averages follow a learning rate that changes every step),
+# and a small pooled CNN; bf16 where the GPU has it. No hold-out and no augmentation: one epoch has no
+# time to overfit, and every image is worth seeing once. It runs on a CPU too, at CPU speed.
+register_recipe(
+    Recipe(
+        name="cnn-speedrun",
+        description="99% in the least time on a GPU: small pooled CNN, 1 epoch of one-cycle Adam, batch 256",
+        model="cnn-speedrun",
+        epochs=1,
+        batch_size=256,
+        optimizer="adam",
+        lr=1e-2,
+        adam_beta1=0.7,
+        adam_beta2=0.9,
+        schedule="onecycle",
+        warmup_epochs=0.3,
+        val_size=0,
+        precision="auto",
+        eval_batch_size=10000,
     )
 )
 

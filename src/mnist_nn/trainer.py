@@ -33,10 +33,18 @@ from . import distributed
 from .augment import augment_batch
 from .checkpoint import CheckpointMeta, Position, TrainState, load_weights, save_checkpoint
 from .data import DeviceLoader
-from .device import configure_cpu, make_deterministic, prepare_backend, resolve_device, resolve_precision
+from .device import (
+    choose_training_device,
+    configure_cpu,
+    make_deterministic,
+    prepare_backend,
+    resolve_device,
+    resolve_precision,
+)
 from .ema import ModelEMA
 from .errors import Interrupted, UserError, option
 from .evaluate import Evaluation, evaluate, model_outputs
+from .graphs import CapturedStep, can_capture, measure_step_seconds
 from .models import build_model, convert_sync_batchnorm, count_parameters, get_model_spec
 from .prepare import (
     RunData,
@@ -143,7 +151,8 @@ def train(recipe: str | Recipe | None = None, options: RunOptions | None = None,
                 world_size=context.world_size,
             )
         )
-        result = Trainer(plan, options, context, device, threads).fit(wall_start)
+        device, choice = training_device(options, plan, context, device)
+        result = Trainer(plan, options, context, device, threads, choice).fit(wall_start)
     except BaseException:
         context.close(clean=False)
         raise
@@ -166,7 +175,33 @@ def single_process_trainer(recipe: str | Recipe | None, options: RunOptions, **o
         tensorboard=options.tensorboard,
         world_size=1,
     )
-    return Trainer(plan, options, distributed.Context(), resolve_device(options.device), threads)
+    context = distributed.Context()
+    device, choice = training_device(options, plan, context, resolve_device(options.device))
+    return Trainer(plan, options, context, device, threads, choice)
+
+
+def training_device(
+    options: RunOptions, plan: RunPlan, context: distributed.Context, device: torch.device
+) -> tuple[torch.device, dict[str, Any]]:
+    """The device a run trains on and the record of why (config.json's "device_choice"): ``--device auto``
+    on one process times a few steps of the recipe's model on the GPU and on the CPU (see
+    ``device.choose_training_device``); under torchrun each rank keeps the device its launch gave it."""
+    if context.enabled:
+        return device, {"asked": options.device, "chosen": str(device), "reason": "the device of this process's rank"}
+    recipe = plan.recipe
+    resumed_on = str(plan.saved.config.get("device", "")) if plan.saved is not None else None
+
+    def probe(candidate: torch.device) -> float:
+        capture, _ = can_capture(
+            candidate,
+            distributed=False,
+            grad_clip=recipe.grad_clip,
+            compile_model=options.compile_model,
+            deterministic=plan.deterministic,
+        )
+        return measure_step_seconds(recipe, candidate, capture=capture)
+
+    return choose_training_device(options.device, probe, resumed_on=resumed_on)
 
 
 class MeanLoss:
@@ -187,7 +222,13 @@ class Trainer:
     """One training run. Its fields are the run's parts and progress; its methods, the loop's steps."""
 
     def __init__(
-        self, plan: RunPlan, options: RunOptions, context: distributed.Context, device: torch.device, threads: int
+        self,
+        plan: RunPlan,
+        options: RunOptions,
+        context: distributed.Context,
+        device: torch.device,
+        threads: int,
+        device_choice: dict[str, Any] | None = None,
     ) -> None:
         self.plan, self.options, self.context, self.device, self.threads = plan, options, context, device, threads
         self.recipe = recipe = plan.recipe
@@ -234,6 +275,22 @@ class Trainer:
         self.config = run_config(
             plan, self.data, model_kwargs, self.parameters, context, device, threads, self.precision
         )
+        if device_choice is not None:
+            self.config["device_choice"] = device_choice
+        capture, reason = can_capture(
+            device,
+            distributed=context.enabled,
+            grad_clip=recipe.grad_clip,
+            compile_model=options.compile_model,
+            deterministic=plan.deterministic,
+        )
+        # The step on full batches as one CUDA graph (graphs.py); the eager step runs the rest.
+        self.captured = (
+            CapturedStep(self._update, self.optimizer, self.model, self.ema, recipe.batch_size) if capture else None
+        )
+        self.config["cuda_graph"] = capture
+        if not capture:
+            self.config["cuda_graph_reason"] = reason
         self.stop = StopRequest(self.state_path, self.run_dir)
         self._start_fresh()
         if plan.saved is not None:
@@ -275,7 +332,10 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on a batch; returns this process's share of the batch's mean loss (on the device)."""
+        """One optimizer step on a batch; returns this process's share of the batch's mean loss (on the device).
+
+        On CUDA a full batch replays the captured step (``graphs.CapturedStep``); its returned share is
+        overwritten by the next step."""
         recipe = self.recipe
         if self.scheduled:
             factor = lr_factor(
@@ -290,6 +350,22 @@ class Trainer:
                 group["lr"] = recipe.lr * factor
         if self.augmentation.enabled:
             inputs = augment_batch(inputs, self.augmentation, self.augment_generator)
+        lr = self.optimizer.param_groups[0]["lr"]
+        share = self.captured(inputs, targets, lr) if self.captured is not None else None
+        if share is None:
+            share = self._update(inputs, targets)
+            if self.ema is not None:
+                self.ema.update(self.model)
+        self.step += 1
+        # Summed on the device: reading a loss back (.item()) would stall every step. A NaN or inf anywhere
+        # poisons the sum, so reading it where the loss is printed anyway (and at every save) catches a
+        # divergence at no extra cost.
+        self.loss_sum += share.detach()
+        return share
+
+    def _update(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The step's forward, backward and optimizer step (what a CUDA graph records); returns the loss share."""
+        recipe = self.recipe
         batch_size = len(targets)
         inputs, targets = self.context.shard(inputs, targets)
         if recipe.channels_last:
@@ -301,13 +377,6 @@ class Trainer:
         if recipe.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), recipe.grad_clip)
         self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.step += 1
-        # Summed on the device: reading a loss back (.item()) would stall every step. A NaN or inf anywhere
-        # poisons the sum, so reading it where the loss is printed anyway (and at every save) catches a
-        # divergence at no extra cost.
-        self.loss_sum += share.detach()
         return share
 
     def train_one_epoch(self, epoch: int, first_batch: int = 0) -> float:
@@ -626,9 +695,12 @@ def _compile(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast for the forward pass and loss (matmuls and convolutions in bf16, reductions in fp32)."""
+    """bf16 autocast for the forward pass and loss (matmuls and convolutions in bf16, reductions in fp32).
+
+    Without autocast's cache of cast weights: these networks use each weight once per forward, so it
+    saves nothing, and a CUDA graph must not capture it (PyTorch's advice for autocast under capture)."""
     if precision == "bf16":
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext
 
 
