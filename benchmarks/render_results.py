@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from common import RESULTS, ROOT
+from common import OLD_HOST, RESULTS, ROOT, host_label
 
 READMES = [ROOT / "README.md", ROOT / "README_Chinese.md", ROOT / "benchmarks" / "README.md"]
 RECIPE_ORDER = ["tutorial", "mlp-best", "cnn-fast", "cnn-best", "robust"]
@@ -27,6 +27,28 @@ def _load(results: Path, pattern: str) -> list[dict]:
 
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
+
+
+def _host(data: dict) -> dict:
+    """The host a result was measured on; results from before it was recorded are OLD_HOST's, with their machine's."""
+    if "host" in data:
+        return data["host"]
+    machine = data.get("machine", {})
+    return {
+        **OLD_HOST,
+        "cores": machine.get("cpu_count", "?"),
+        "torch": machine.get("torch", "?"),
+        "gpu": machine.get("cuda"),
+    }
+
+
+def _where(data: dict, chinese: bool, gpu: bool = True) -> str:
+    """The machine of a result, for a sentence or a cell: "Intel Xeon (AMX), 2 CPU cores" (then the GPU, if one
+    was used and ``gpu``)."""
+    host = _host(data)
+    comma = "，" if chinese else ", "
+    cores = f"{host['cores']} 个 CPU 核心" if chinese else f"{host['cores']} CPU cores"
+    return comma.join([host_label(host, chinese), cores, *([host["gpu"]] if gpu and host.get("gpu") else [])])
 
 
 def recipe_table(results: Path, chinese: bool) -> str:
@@ -60,24 +82,30 @@ def recipe_table(results: Path, chinese: bool) -> str:
         )
     if not rows:
         lines.append("| – | – | – | – | – | – | – | – |")
-    machine = rows[0]["machine"] if rows else {}
+    if not rows:
+        return "\n".join(lines)
+    torch = _host(rows[0])["torch"]
     note = (
-        f"\n\n{'测量环境' if chinese else 'Measured on'}: {machine.get('cpu_count', '?')} CPU cores, "
-        f"PyTorch {machine.get('torch', '?')}"
-        + (f", {machine['cuda']}" if machine.get("cuda") else "")
-        + (" (`benchmarks/seeds.py`)." if not chinese else "（`benchmarks/seeds.py`）。")
+        f"\n\n测量环境：{_where(rows[0], chinese)}，PyTorch {torch}（`benchmarks/seeds.py`）。"
+        if chinese
+        else f"\n\nMeasured on {_where(rows[0], chinese)}, PyTorch {torch} (`benchmarks/seeds.py`)."
     )
     return "\n".join(lines) + note
 
 
 def speed_table(results: Path, chinese: bool) -> str:
+    """The tutorial's script and PyTorch's example against mnist-nn, each row with the machine it was measured on."""
     lines = [
-        "| 对比 | 基线 | mnist-nn | 倍数 |" if chinese else "| comparison | baseline | mnist-nn | speed-up |",
-        "| --- | ---: | ---: | ---: |",
+        "| 对比 | 基线 | mnist-nn | 倍数 | 测量机器 |"
+        if chinese
+        else "| comparison | baseline | mnist-nn | speed-up | measured on |",
+        "| --- | ---: | ---: | ---: | --- |",
     ]
+    found = []
     tutorial = results / "tutorial.json"
     if tutorial.exists():
         t = json.loads(tutorial.read_text())
+        found.append(t)
         b, o = t["baseline"], t["ours"]
         what = (
             f"教程配方 {t['epochs']} 轮训练时间（{t['repeats']} 次中位数）"
@@ -86,11 +114,13 @@ def speed_table(results: Path, chinese: bool) -> str:
         )
         lines.append(
             f"| {what} | {b['train_seconds']['median']:.1f} s ({_pct(b['test_accuracy']['median'])}) | "
-            f"{o['train_seconds']['median']:.1f} s ({_pct(o['test_accuracy']['median'])}) | {t['speedup']:.1f}x |"
+            f"{o['train_seconds']['median']:.1f} s ({_pct(o['test_accuracy']['median'])}) | {t['speedup']:.1f}x | "
+            f"{_where(t, chinese)} |"
         )
     to99 = results / "time-to-99.json"
     if to99.exists():
         t = json.loads(to99.read_text())
+        found.append(t)
         if t.get("speedup"):
             what = (
                 f"达到 99% 测试准确率的训练时间（{t['repeats']} 次中位数）：PyTorch 示例 vs `{t['recipe']}`"
@@ -98,20 +128,26 @@ def speed_table(results: Path, chinese: bool) -> str:
                 else f"time to 99% test accuracy (median of {t['repeats']}): PyTorch's example vs `{t['recipe']}`"
             )
             lines.append(
-                f"| {what} | {t['baseline']['median']:.1f} s | {t['ours']['median']:.1f} s | {t['speedup']:.1f}x |"
+                f"| {what} | {t['baseline']['median']:.1f} s | {t['ours']['median']:.1f} s | {t['speedup']:.1f}x | "
+                f"{_where(t, chinese)} |"
             )
-    return "\n".join(lines) + _machine_note(results, ["tutorial.json", "time-to-99.json"], chinese)
+    if not found:
+        return "\n".join(lines)
+    torch = "、".join(dict.fromkeys(_host(t)["torch"] for t in found))
+    note = (
+        f"\n\nPyTorch {torch}。AMX 是新一代英特尔至强 CPU 上的矩阵乘法单元。"
+        if chinese
+        else f"\n\nPyTorch {torch}. AMX: the matrix-multiply units of recent Intel Xeon CPUs."
+    )
+    return "\n".join(lines) + note
 
 
 def _machine_note(results: Path, names: list[str], chinese: bool) -> str:
     found = [json.loads((results / n).read_text()) for n in names if (results / n).exists()]
     if not found:
         return ""
-    machine = found[0]["machine"]
-    where = f"{machine.get('cpu_count', '?')} CPU cores, PyTorch {machine.get('torch', '?')}"
-    if machine.get("cuda"):
-        where += f", {machine['cuda']}"
-    return f"\n\n测量环境：{where}。" if chinese else f"\n\nMeasured on {where}."
+    where, torch = _where(found[0], chinese), _host(found[0])["torch"]
+    return f"\n\n测量环境：{where}，PyTorch {torch}。" if chinese else f"\n\nMeasured on {where}, PyTorch {torch}."
 
 
 def inference_table(results: Path, chinese: bool) -> str:
@@ -287,6 +323,95 @@ def pretrained_table(results: Path, chinese: bool) -> str:
     return "\n".join(lines)
 
 
+GPU_PARTS = ["tutorial", "cnn-fast", "speedrun", "cnn-best"]
+
+
+def _spread(d: dict, fmt) -> str:
+    """ "mean (min–max)" of a describe() dict, or the one value when min and max agree."""
+    if d["min"] == d["max"]:
+        return fmt(d["mean"])
+    return f"{fmt(d['mean'])} ({fmt(d['min'])}–{fmt(d['max'])})"
+
+
+def gpu_table(results: Path, chinese: bool) -> str:
+    """benchmarks/gpu.py's results: training time, time to 99% and accuracy per recipe, inference images/s."""
+    found = {r["part"]: r for r in _load(results, "gpu-*.json")}
+    if not found:
+        return (
+            "尚未测量：还没有在 GPU 上运行过 `python benchmarks/gpu.py`（它需要一块 CUDA GPU，结果会显示在这里）。"
+            if chinese
+            else "Not measured yet: `python benchmarks/gpu.py` has not been run on a GPU (it needs a CUDA GPU; "
+            "its figures will appear here)."
+        )
+    blocks = []
+
+    def seconds(value: float) -> str:
+        return f"{value:.1f} s"
+
+    training = [found[part] for part in GPU_PARTS if part in found]
+    if training:
+        lines = [
+            "| 配方 | 轮数 | 次数 | 训练时间：均值（最低–最高） | 达到 99% 的时间 | 测试准确率：均值（最低–最高） |"
+            if chinese
+            else "| recipe | epochs | runs | training time: mean (min–max) | time to 99% "
+            "| test accuracy: mean (min–max) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in training:
+            runs = str(r["seeds"])
+            if r.get("cut_by_budget"):
+                runs = (
+                    f"{r['seeds']}（计划 {r['planned_seeds']} 次，超出时间预算）"
+                    if chinese
+                    else f"{r['seeds']} of {r['planned_seeds']} (budget)"
+                )
+            if r["seconds_to_99"] is None:
+                to_99 = "未达到" if chinese else "not reached"
+            else:
+                to_99 = _spread(r["seconds_to_99"], seconds)
+                if r["reached_99"] < r["seeds"]:
+                    to_99 += (
+                        f"；{r['seeds']} 次中 {r['reached_99']} 次达到"
+                        if chinese
+                        else f"; {r['reached_99']} of {r['seeds']} reached it"
+                    )
+            lines.append(
+                f"| `{r['recipe']}` | {r['epochs']} | {runs} | {_spread(r['train_seconds'], seconds)} | {to_99} | "
+                f"{_spread(r['test_accuracy'], _pct)} |"
+            )
+        blocks.append("\n".join(lines))
+    inference = found.get("inference")
+    if inference:
+        batches = inference["batches"]
+        lines = [
+            ("| 模型 |" if chinese else "| model |") + "".join(f" batch {b} |" for b in batches),
+            "| --- |" + " ---: |" * len(batches),
+        ]
+        fastest = {(f["model"], f["batch"]): f for f in inference["fastest"]}
+        for model in dict.fromkeys(f["model"] for f in inference["fastest"]):
+            cells = "".join(
+                f" {fastest[model, b]['images_per_second']:,.0f}/s ({fastest[model, b]['path']}) |"
+                if (model, b) in fastest
+                else " – |"
+                for b in batches
+            )
+            lines.append(f"| `{model}` |{cells}")
+        blocks.append("\n".join(lines))
+    first = next(iter(found.values()))
+    host = _host(first)
+    gpu = host.get("gpu") or "?"
+    note = (
+        f"测量环境：{gpu}（主机 {_where(first, chinese, gpu=False)}），PyTorch {host['torch']}"
+        f"（`python benchmarks/gpu.py`）。训练时间不含评估；达到 99% 的时间就是测试准确率 ≥ 99% 的那次运行的训练时间。"
+        "推理一栏是每秒图片数及最快的方式。"
+        if chinese
+        else f"Measured on {gpu} (host: {_where(first, chinese, gpu=False)}), "
+        f"PyTorch {host['torch']} (`python benchmarks/gpu.py`). Training time excludes evaluation; the time to 99% "
+        "is the training time of a run whose test accuracy is ≥ 99%. Inference: images per second, fastest path."
+    )
+    return "\n\n".join([*blocks, note])
+
+
 TABLES = {
     "pretrained-models": pretrained_table,
     "load-results": load_table,
@@ -296,6 +421,7 @@ TABLES = {
     "inference-results": inference_table,
     "ddp-results": ddp_table,
     "robustness-results": robustness_table,
+    "gpu-results": gpu_table,
 }
 
 

@@ -6,7 +6,10 @@
 The example's time is that of its first epoch whose test accuracy is >= 99.0% (its EPOCH lines
 give cumulative training seconds, evaluation excluded). `cnn-fast` is a fixed short schedule:
 its time is the training time of the whole run, counted only if its test accuracy is >= 99.0%.
-Writes benchmarks/results/time-to-99.json.
+Writes benchmarks/results/time-to-99.json with the host
+(CPU model, cores, AMX, AVX-512, torch; the GPU's name when one is used). On a machine with a CUDA
+GPU both sides train on it (the baseline script picks CUDA itself, and so does `mnist-nn train`'s
+`--device auto`); `CUDA_VISIBLE_DEVICES=` measures the CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, default_data_dir, describe, parse_fields, train_cli, write_result
+from common import RESULTS, ROOT, announce_host, default_data_dir, describe, parse_fields, train_cli, write_result
 
 BASELINE = ROOT.parent / "shared" / "baselines" / "examples_cnn.py"
 TARGET = 0.99
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="time-to-99")
     parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args(argv)
+    announce_host("auto")
 
     baseline, ours = [], []
     with tempfile.TemporaryDirectory() as scratch:
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if data["baseline"] and data["ours"]:
         data["speedup"] = data["baseline"]["median"] / data["ours"]["median"]
-    path = write_result(args.name, data, *([args.results] if args.results else []))
+    path = write_result(args.name, data, args.results or RESULTS, device="auto")
     if "speedup" in data:
         print(
             f"time to 99% (median of {args.repeats}): example {data['baseline']['median']:.1f}s, "

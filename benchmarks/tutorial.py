@@ -4,7 +4,10 @@
     python benchmarks/tutorial.py --epochs 2 --repeats 1
 
 Reports the median training seconds of each, min–max, the ratio, and both test accuracies;
-writes benchmarks/results/tutorial.json.
+writes benchmarks/results/tutorial.json with the host
+(CPU model, cores, AMX, AVX-512, torch; the GPU's name when one is used). On a machine with a CUDA
+GPU both sides train on it (the baseline script picks CUDA itself, and so does `mnist-nn train`'s
+`--device auto`); `CUDA_VISIBLE_DEVICES=` measures the CPU.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, default_data_dir, describe, parse_fields, run, train_cli, write_result
+from common import RESULTS, ROOT, announce_host, default_data_dir, describe, parse_fields, run, train_cli, write_result
 
 BASELINE = ROOT.parent / "shared" / "baselines" / "tutorial_mlp.py"
 
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="tutorial", help="result file name (benchmarks/results/NAME.json)")
     parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args(argv)
+    announce_host("auto")
 
     baseline, ours = [], []
     with tempfile.TemporaryDirectory() as scratch:
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     data["ratio_train_seconds"] = data["ours"]["train_seconds"]["median"] / data["baseline"]["train_seconds"]["median"]
     data["speedup"] = 1 / data["ratio_train_seconds"]
-    path = write_result(args.name, data, *([args.results] if args.results else []))
+    path = write_result(args.name, data, args.results or RESULTS, device="auto")
     b, o = data["baseline"]["train_seconds"], data["ours"]["train_seconds"]
     print(
         f"training time, median of {args.repeats}: tutorial script {b['median']:.1f}s ({b['min']:.1f}–{b['max']:.1f}), "
