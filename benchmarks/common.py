@@ -121,6 +121,21 @@ def announce_host(device: str = "cpu") -> dict[str, Any]:
     return host
 
 
+def sides_devices(ours: list[dict[str, Any]]) -> dict[str, Any]:
+    """The devices the two sides of a comparison trained on: the baseline's and those of mnist-nn's runs.
+
+    The baseline scripts (the tutorial's, PyTorch's example) take CUDA whenever there is a GPU; mnist-nn's
+    ``--device auto`` takes it only where a step of the recipe is faster there, so on a GPU machine the
+    two sides may differ, and a figure must say so.
+    """
+    import torch
+
+    return {
+        "baseline": "cuda" if torch.cuda.is_available() else "cpu",
+        "ours": sorted({str(run["device"]) for run in ours}),
+    }
+
+
 def write_result(name: str, data: dict[str, Any], results_dir: Path = RESULTS, device: str | None = None) -> Path:
     """Write ``data`` to RESULTS/NAME.json with the date and the host (``device``: default the data's own, else cpu).
 

@@ -33,6 +33,7 @@ once with one line and exit code 2; a part that fails is reported and the others
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -68,6 +69,14 @@ class Budget:
         return self.used() + seconds <= self.seconds
 
 
+def _config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.json ({} where there is none)."""
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def train_part(
     part: str, recipe: str, runs: int, args: argparse.Namespace, budget: Budget, scratch: Path
 ) -> dict[str, Any] | None:
@@ -88,10 +97,11 @@ def train_part(
             cut = True
             break
         start = time.perf_counter()
+        out = scratch / f"{part}-seed{seed}"
         summary = mnist_nn.train(
             recipe,
             data_dir=args.data_dir,
-            out=scratch / f"{part}-seed{seed}",
+            out=out,
             seed=seed,
             device="cuda",
             quiet=True,
@@ -106,6 +116,8 @@ def train_part(
                 "wall_seconds": wall,
                 "test_accuracy": summary["test_accuracy"],
                 "seconds_to_99": summary["train_seconds"] if reached else None,
+                # Whether the step ran as a CUDA graph, and why not: it decides a small model's speed on a GPU.
+                **{key: value for key, value in _config(out).items() if key.startswith("cuda_graph")},
             }
         )
         print(

@@ -93,6 +93,17 @@ def recipe_table(results: Path, chinese: bool) -> str:
     return "\n".join(lines) + note
 
 
+def _devices(data: dict, chinese: bool) -> str:
+    """ "; baseline on cuda, mnist-nn on cpu" where a GPU was in play (the two sides may differ); "" on a CPU."""
+    devices = data.get("devices")
+    if not devices or all(d == "cpu" for d in [devices["baseline"], *devices["ours"]]):
+        return ""
+    ours = "/".join(devices["ours"])
+    if chinese:
+        return f"；基线在 {devices['baseline']} 上，mnist-nn 在 {ours} 上"
+    return f"; baseline on {devices['baseline']}, mnist-nn on {ours}"
+
+
 def speed_table(results: Path, chinese: bool) -> str:
     """The tutorial's script and PyTorch's example against mnist-nn, each row with the machine it was measured on."""
     lines = [
@@ -115,7 +126,7 @@ def speed_table(results: Path, chinese: bool) -> str:
         lines.append(
             f"| {what} | {b['train_seconds']['median']:.1f} s ({_pct(b['test_accuracy']['median'])}) | "
             f"{o['train_seconds']['median']:.1f} s ({_pct(o['test_accuracy']['median'])}) | {t['speedup']:.1f}x | "
-            f"{_where(t, chinese)} |"
+            f"{_where(t, chinese)}{_devices(t, chinese)} |"
         )
     to99 = results / "time-to-99.json"
     if to99.exists():
@@ -129,7 +140,7 @@ def speed_table(results: Path, chinese: bool) -> str:
             )
             lines.append(
                 f"| {what} | {t['baseline']['median']:.1f} s | {t['ours']['median']:.1f} s | {t['speedup']:.1f}x | "
-                f"{_where(t, chinese)} |"
+                f"{_where(t, chinese)}{_devices(t, chinese)} |"
             )
     if not found:
         return "\n".join(lines)

@@ -8,8 +8,8 @@ give cumulative training seconds, evaluation excluded). `cnn-fast` is a fixed sh
 its time is the training time of the whole run, counted only if its test accuracy is >= 99.0%.
 Writes benchmarks/results/time-to-99.json with the host
 (CPU model, cores, AMX, AVX-512, torch; the GPU's name when one is used). On a machine with a CUDA
-GPU both sides train on it (the baseline script picks CUDA itself, and so does `mnist-nn train`'s
-`--device auto`); `CUDA_VISIBLE_DEVICES=` measures the CPU.
+GPU the baseline script trains on it, and `mnist-nn train --device auto` wherever a step of the recipe
+is faster: the result records both sides' devices. `CUDA_VISIBLE_DEVICES=` measures the CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +21,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, ROOT, announce_host, default_data_dir, describe, parse_fields, train_cli, write_result
+from common import (
+    RESULTS,
+    ROOT,
+    announce_host,
+    default_data_dir,
+    describe,
+    parse_fields,
+    sides_devices,
+    train_cli,
+    write_result,
+)
 
 BASELINE = ROOT.parent / "shared" / "baselines" / "examples_cnn.py"
 TARGET = 0.99
@@ -92,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds_to_99": summary["train_seconds"] if ok else None,
                     "train_seconds": summary["train_seconds"],
                     "test_accuracy": summary["test_accuracy"],
+                    "device": summary["device"],
                 }
             )
             print(
@@ -114,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         "ours_reached": sum(r["seconds_to_99"] is not None for r in ours),
         "baseline_runs": baseline,
         "ours_runs": ours,
+        "devices": sides_devices(ours),
     }
     if data["baseline"] and data["ours"]:
         data["speedup"] = data["baseline"]["median"] / data["ours"]["median"]
-    path = write_result(args.name, data, args.results or RESULTS, device="auto")
+    cuda = any(d.startswith("cuda") for d in [data["devices"]["baseline"], *data["devices"]["ours"]])
+    path = write_result(args.name, data, args.results or RESULTS, device="cuda" if cuda else "cpu")
     if "speedup" in data:
         print(
             f"time to 99% (median of {args.repeats}): example {data['baseline']['median']:.1f}s, "

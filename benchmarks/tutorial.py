@@ -6,8 +6,8 @@
 Reports the median training seconds of each, min–max, the ratio, and both test accuracies;
 writes benchmarks/results/tutorial.json with the host
 (CPU model, cores, AMX, AVX-512, torch; the GPU's name when one is used). On a machine with a CUDA
-GPU both sides train on it (the baseline script picks CUDA itself, and so does `mnist-nn train`'s
-`--device auto`); `CUDA_VISIBLE_DEVICES=` measures the CPU.
+GPU the baseline script trains on it, and `mnist-nn train --device auto` wherever a step of the recipe
+is faster: the result records both sides' devices. `CUDA_VISIBLE_DEVICES=` measures the CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +17,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, ROOT, announce_host, default_data_dir, describe, parse_fields, run, train_cli, write_result
+from common import (
+    RESULTS,
+    ROOT,
+    announce_host,
+    default_data_dir,
+    describe,
+    parse_fields,
+    run,
+    sides_devices,
+    train_cli,
+    write_result,
+)
 
 BASELINE = ROOT.parent / "shared" / "baselines" / "tutorial_mlp.py"
 
@@ -54,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                     "train_seconds": summary["train_seconds"],
                     "wall_seconds": wall,
                     "test_accuracy": summary["test_accuracy"],
+                    "device": summary["device"],
                 }
             )
             print(
@@ -73,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         "ours": summarize(ours),
         "baseline_runs": baseline,
         "ours_runs": ours,
+        "devices": sides_devices(ours),
     }
     data["ratio_train_seconds"] = data["ours"]["train_seconds"]["median"] / data["baseline"]["train_seconds"]["median"]
     data["speedup"] = 1 / data["ratio_train_seconds"]
-    path = write_result(args.name, data, args.results or RESULTS, device="auto")
+    cuda = any(d.startswith("cuda") for d in [data["devices"]["baseline"], *data["devices"]["ours"]])
+    path = write_result(args.name, data, args.results or RESULTS, device="cuda" if cuda else "cpu")
     b, o = data["baseline"]["train_seconds"], data["ours"]["train_seconds"]
     print(
         f"training time, median of {args.repeats}: tutorial script {b['median']:.1f}s ({b['min']:.1f}–{b['max']:.1f}), "

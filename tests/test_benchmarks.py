@@ -19,6 +19,7 @@ from conftest import REPO
 
 BENCH = REPO / "benchmarks"
 realdata = pytest.mark.realdata
+HOST_KEYS = {"cpu_model", "cores", "amx", "avx512_bf16", "avx512f", "torch", "gpu"}
 
 
 def bench(script: str, *args: str) -> str:
@@ -50,6 +51,9 @@ def test_tutorial_benchmark(mnist_dir, tmp_path):
     assert data["epochs"] == 1 and len(data["baseline_runs"]) == len(data["ours_runs"]) == 1
     assert data["ours"]["test_accuracy"]["median"] > 0.9 and data["baseline"]["test_accuracy"]["median"] > 0.9
     assert data["ratio_train_seconds"] > 0 and "ratio" in out
+    first = out.splitlines()[0]
+    assert set(data["host"]) == HOST_KEYS and first.startswith("host: ") and f"{data['host']['cores']} cores" in first
+    assert data["devices"]["ours"] == [data["ours_runs"][0]["device"]]
 
 
 @realdata
@@ -77,6 +81,7 @@ def test_time_to_99_benchmark_with_a_stand_in_example(mnist_dir, tmp_path):
     data = json.loads((tmp_path / "time-to-99.json").read_text())
     assert data["baseline"]["median"] == 60.0
     assert data["ours_runs"][0]["test_accuracy"] > 0.95
+    assert set(data["host"]) == HOST_KEYS and data["devices"]["ours"] == [data["ours_runs"][0]["device"]]
 
 
 @realdata
@@ -241,7 +246,6 @@ vendor_id\t: AuthenticAMD
 model name\t: AMD EPYC 9654 96-Core Processor
 flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512vl
 """
-HOST_KEYS = {"cpu_model", "cores", "amx", "avx512_bf16", "avx512f", "torch", "gpu"}
 
 
 @pytest.fixture
@@ -333,6 +337,8 @@ def test_gpu_speedrun_statistics_and_its_budget(benchmarks, monkeypatch, tmp_pat
 
     def fake_train(recipe, **options):
         calls.append((recipe, options["seed"], options["device"]))
+        options["out"].mkdir()
+        (options["out"] / "config.json").write_text(json.dumps({"cuda_graph": True, "recipe": {}}))
         return Summary(options["seed"], accuracies[options["seed"]])
 
     class Budget(benchmarks.gpu.Budget):
@@ -350,6 +356,7 @@ def test_gpu_speedrun_statistics_and_its_budget(benchmarks, monkeypatch, tmp_pat
     assert data["seconds_to_99"]["mean"] == pytest.approx((3.0 + 5.0 + 6.0) / 3)
     assert data["test_accuracy"]["min"] == 0.9885 and data["test_accuracy"]["max"] == 0.9930
     assert [r["seconds_to_99"] for r in data["runs"]] == [3.0, None, 5.0, 6.0]
+    assert all(r["cuda_graph"] is True for r in data["runs"])
     # No room for even one run: nothing to write.
     assert benchmarks.gpu.train_part("cnn-best", "cnn-best", 1, args, Budget(480), tmp_path) is None
 
@@ -378,7 +385,11 @@ def test_render_names_each_figures_host_and_says_the_gpu_is_not_measured(benchma
     old.pop("host", None)
     (tmp_path / "tutorial.json").write_text(json.dumps(old))
     amd = benchmarks.common.host_info("cpu", AMD_NO_AMX)
-    new = {**json.loads((BENCH / "results" / "time-to-99.json").read_text()), "host": {**amd, "cores": 16}}
+    new = {
+        **json.loads((BENCH / "results" / "time-to-99.json").read_text()),
+        "host": {**amd, "cores": 16},
+        "devices": {"baseline": "cpu", "ours": ["cpu"]},
+    }
     (tmp_path / "time-to-99.json").write_text(json.dumps(new))
     english = benchmarks.render_results.render(README_BLOCKS, tmp_path, chinese=False)
     rows = [line for line in english.splitlines() if line.startswith("| ")]
@@ -392,6 +403,9 @@ def test_render_names_each_figures_host_and_says_the_gpu_is_not_measured(benchma
         and "| AMD EPYC 9654（无 AMX），16 个 CPU 核心 |" in chinese
     )
     assert "尚未测量：" in chinese
+    # On a GPU machine the two sides may train on different devices; the cell says which.
+    on_gpu = {**new, "devices": {"baseline": "cuda", "ours": ["cpu"]}}
+    assert benchmarks.render_results._devices(on_gpu, chinese=False) == "; baseline on cuda, mnist-nn on cpu"
 
 
 def test_render_gpu_results(benchmarks, tmp_path):
