@@ -258,30 +258,34 @@ def test_the_probe_times_real_steps_and_leaves_the_random_streams_alone():
 
 @needs_cuda
 @pytest.mark.parametrize(
-    "settings",
+    ("settings", "rel", "atol"),
     [
-        {"schedule": "onecycle", "warmup_epochs": 0.5, "ema_decay": 0.9},
-        {"model": "cnn-fast", "model_kwargs": {"channels": [8, 16]}, "optimizer": "sgd", "lr": 0.05,
-         "schedule": "cosine", "channels_last": True, "precision": "bf16", "aug_rotate": 5.0},
+        ({"schedule": "onecycle", "warmup_epochs": 0.5, "ema_decay": 0.9,
+          "model_kwargs": {"hidden": [32], "dropout": 0.0}}, 1e-2, 1e-3),
+        ({"model": "cnn-fast", "model_kwargs": {"channels": [8, 16]}, "optimizer": "sgd", "lr": 0.05,
+          "schedule": "cosine", "channels_last": True, "precision": "bf16", "aug_rotate": 5.0}, 5e-2, 5e-2),
     ],
 )  # fmt: skip
-def test_the_captured_step_trains_as_the_eager_one(toy_dataset, tmp_path, settings):
+def test_the_captured_step_trains_as_the_eager_one(toy_dataset, tmp_path, settings, rel, atol):
     settings = {**settings, "epochs": 3, "batch_size": 48}
     captured = _trainer(toy_dataset, tmp_path / "captured", device="cuda", **settings)
     eager = _trainer(toy_dataset, tmp_path / "eager", device="cuda", **settings)
     assert captured.config["cuda_graph"] is True and "cuda_graph_reason" not in captured.config
     eager.captured = None
     losses = {"captured": [], "eager": []}
-    for epoch in (1, 2, 3):
-        losses["captured"].append(captured.train_one_epoch(epoch))
-        losses["eager"].append(eager.train_one_epoch(epoch))
+    for name, trainer in (("captured", captured), ("eager", eager)):
+        for epoch in (1, 2, 3):
+            losses[name].append(trainer.train_one_epoch(epoch))
     assert captured.captured is not None and captured.captured.captured and captured.captured.failed is None
     assert captured.step == eager.step == 3 * 13
-    assert losses["captured"] == pytest.approx(losses["eager"], rel=2e-2)
-    assert captured.optimizer.param_groups[0]["lr"] == eager.optimizer.param_groups[0]["lr"]
+    assert losses["captured"] == pytest.approx(losses["eager"], rel=rel)
+    # Outside the graph the optimizer is as an uncaptured run's: a float learning rate, not capturable.
+    group = captured.optimizer.param_groups[0]
+    assert isinstance(group["lr"], float) and group["lr"] == eager.optimizer.param_groups[0]["lr"]
+    assert group.get("capturable", False) is False
     for a, b in zip(captured.eval_model.state_dict().values(), eager.eval_model.state_dict().values(), strict=True):
-        assert torch.allclose(a.float(), b.float(), rtol=5e-2, atol=5e-3)
-    assert captured.evaluate().accuracy == pytest.approx(eager.evaluate().accuracy, abs=0.02)
+        assert torch.allclose(a.float(), b.float(), rtol=rel, atol=atol)
+    assert captured.evaluate().accuracy == pytest.approx(eager.evaluate().accuracy, abs=0.03)
 
 
 @needs_cuda

@@ -8,6 +8,10 @@ methods are the loop's steps, in the shape of PyTorch's own examples:
 - ``evaluate``: the per-epoch score;
 - ``fit``: epochs until the recipe's last (or an early stop), then ``finish``: the test set and the results.
 
+On CUDA the step on full batches is replayed as one captured CUDA graph (``graphs.CapturedStep``;
+config.json's "cuda_graph" says whether, and why not), and ``--device auto`` takes the GPU only where a
+few timed steps of the recipe's model are faster there ("device_choice").
+
 The plain path is one process. The rest are layers around it: resuming (``restore`` from a
 ``state.pt`` and ``save_state``), stop signals and periodic saves (``after_step``), and data-parallel
 training (the ``distributed.Context``: one process makes each of its calls a no-op).
