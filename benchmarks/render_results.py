@@ -357,7 +357,8 @@ def gpu_table(results: Path, chinese: bool) -> str:
     blocks = []
 
     def seconds(value: float) -> str:
-        return f"{value:.1f} s"
+        # A speed run on a GPU takes about a second: tenths alone would hide the differences between seeds.
+        return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
 
     training = [found[part] for part in GPU_PARTS if part in found]
     if training:

@@ -449,9 +449,9 @@ def test_render_gpu_results(benchmarks, tmp_path):
         and "Measured on NVIDIA H200 (host: AMD EPYC 9654 (no AMX), 16 CPU cores)" in text
     )
     rows = [line for line in text.splitlines() if line.startswith("| `")]
-    assert rows[0] == "| `tutorial` | 25 | 1 | 9.0 s | not reached | 97.65% |"
+    assert rows[0] == "| `tutorial` | 25 | 1 | 9.00 s | not reached | 97.65% |"
     assert rows[1] == (
-        "| `cnn-speedrun` | 3 | 7 of 10 (budget) | 2.5 s (2.4 s–3.0 s) | 2.6 s (2.4 s–3.0 s); 6 of 7 reached it "
+        "| `cnn-speedrun` | 3 | 7 of 10 (budget) | 2.50 s (2.40 s–3.00 s) | 2.60 s (2.40 s–3.00 s); 6 of 7 reached it "
         "| 99.12% (98.95%–99.31%) |"
     )
     assert rows[2] == "| `cnn-fast` | 4,321/s (fp32) | 1,234,567/s (bf16 autocast) |"
