@@ -30,6 +30,7 @@ EXPECTED_PARAMETERS = {
     "lenet5": 61_706,
     "cnn-fast": 50_794,
     "cnn-best": 150_698,
+    "cnn-speedrun": 215_194,
 }
 
 

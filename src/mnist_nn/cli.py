@@ -72,13 +72,14 @@ def _split_model_and_images(model: str | None, paths: list[str]) -> tuple[Path, 
     return _chosen_model(model, None), paths
 
 
-def _add_device_argument(parser: argparse.ArgumentParser, what: str) -> None:
+def _add_device_argument(parser: argparse.ArgumentParser, what: str, auto: str | None = None) -> None:
     """--device, with the same default in every command: auto."""
+    auto = auto or "a CUDA GPU, else Apple's MPS, else the CPU"
     parser.add_argument(
         "--device",
         default="auto",
         choices=DEVICE_CHOICES,
-        help=f"where to {what}: auto (the default: a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda or mps",
+        help=f"where to {what}: auto (the default: {auto}), cpu, cuda or mps",
     )
 
 
@@ -101,6 +102,8 @@ RECIPE_HELP = {
     "patience": "stop after this many epochs without a better validation accuracy (0: off)",
     "normalization": "unit ([0, 1]) or standard ((x - mean) / std)",
     "momentum": "SGD momentum",
+    "adam_beta1": "Adam's first-moment decay (beta1; 0.9 in PyTorch)",
+    "adam_beta2": "Adam's second-moment decay (beta2; 0.999 in PyTorch)",
     "nesterov": "Nesterov momentum for SGD",
     "weight_decay": "weight decay (decoupled for adamw)",
     "step_epochs": "for the step schedule: multiply the lr by --gamma every this many epochs",
@@ -173,7 +176,9 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
     _add_data_argument(train)
     train.add_argument("--out", metavar="DIR", help="run directory to create (default: runs/<timestamp>)")
     _add_recipe_arguments(train)
-    _add_device_argument(train, "train")
+    _add_device_argument(
+        train, "train", "the CPU or a CUDA GPU, whichever runs a few timed steps of this recipe faster; else MPS"
+    )
     train.add_argument("--quiet", action="store_true", help="print only the final result")
     train.add_argument("--show", action="store_true", help="also open the plots in a window")
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs in the run directory")
