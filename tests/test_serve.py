@@ -206,6 +206,7 @@ def test_blank_image_is_no_digit_not_an_error(client):
         assert response.status_code == 200
         body = response.json()
         assert body["status"] == "no digit found" and body["label"] is None and body["seen"] is None
+        assert body["reason"].startswith("no ink")
 
 
 def test_page_and_its_assets_are_served_locally(client):

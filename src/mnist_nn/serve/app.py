@@ -82,6 +82,11 @@ ExplanationMap = Annotated[list[ExplanationRow], Field(min_length=MNIST_SIZE, ma
 class PredictResponse(BaseModel):
     status: str = Field(description='"ok", or "no digit found" for a blank or ink-less image')
     label: str | None = Field(description="the predicted class; null when no digit was found")
+    reason: str | None = Field(
+        default=None,
+        description='without a digit, why, in one line: "no ink: ...", "too faint: ..." or "too many blobs: ..."; '
+        "null with a digit",
+    )
     confidence: float | None = Field(description="the predicted class's probability")
     probabilities: dict[str, float] | None = Field(description="every class's probability, in class order")
     top: list[Reading] = Field(description="the three most probable classes, best first")
@@ -540,6 +545,7 @@ def _answer(
         return {
             "status": "no digit found",
             "label": None,
+            "reason": reading.reason,
             "confidence": None,
             "probabilities": None,
             "top": [],
@@ -550,6 +556,7 @@ def _answer(
     return {
         "status": "ok",
         "label": digit.label,
+        "reason": None,
         "confidence": digit.confidence,
         "probabilities": dict(zip(predictor.labels, reading.probabilities[0].tolist(), strict=True)),
         "top": digit.top,

@@ -270,7 +270,7 @@ function showEmpty(message) {
 
 function render(result) {
   if (result.status !== "ok") {
-    showEmpty(result.status);
+    showEmpty(result.reason ? `${result.status}: ${result.reason}` : result.status);
   } else {
     labelOut.textContent = result.label;
     confidenceOut.textContent = `${(100 * result.confidence).toFixed(1)}% sure`;
