@@ -252,8 +252,7 @@ class Trainer:
         self.model, model_kwargs = self._build_model()
         self.parameters = count_parameters(self.model)
         self.optimizer = make_optimizer(recipe, self.model, device)
-        # optimizer.step() and zero_grad() as their fused kernels alone where that is exact (CPU Adam):
-        # a third of a tutorial step was torch.optim's bookkeeping around them (see fused_step).
+        # step() and zero_grad() without torch.optim's bookkeeping where that is exact (see fused_step).
         self.optimizer_step = FusedAdamStep(self.optimizer)
         self.objective = (
             distributed.ShardLoss(recipe.label_smoothing, context.world_size)
