@@ -274,6 +274,16 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, tmp_
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
     assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    # oneDNN capped below AMX (as a CPU with AVX-512-BF16 but no AMX): its bf16 is slower than fp32 there.
+    for cap, precision in [
+        ("AVX512_CORE_BF16", "fp32"),
+        ("avx2", "fp32"),
+        ("AVX512_CORE_AMX", "bf16"),
+        ("ALL", "bf16"),
+    ]:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert resolve_precision("auto", cpu) == precision, cap
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # an older torch without the probe
     assert resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)

@@ -98,8 +98,17 @@ def native_bf16(device: torch.device) -> bool:
         return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own probe; private, hence the guard
-        return bool(amx and amx())
+        return bool(amx and amx()) and _onednn_may_use_amx()
     return False
+
+
+def _onednn_may_use_amx() -> bool:
+    """False when ONEDNN_MAX_CPU_ISA caps oneDNN below AMX: its bf16 kernels then take the AVX-512-BF16
+    path, which is slower than fp32 for these networks. Measured with cnn-fast on a 2-core Intel Xeon
+    (AMX): bf16 with AMX 5.4 s, fp32 7.6-7.7 s, bf16 capped at AVX512_CORE_BF16 8.7-9.2 s. That cap
+    stands in for CPUs with AVX-512-BF16 but no AMX (AMD EPYC): ``auto`` gives them fp32."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return cap in ("", "ALL", "DEFAULT") or "AMX" in cap
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
