@@ -241,6 +241,27 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume_to_the_same_result(toy_folde
     assert_same_run(run, reference_run)
 
 
+def test_a_second_ctrl_c_while_a_stopped_run_unwinds_still_says_how_to_resume(monkeypatch, capsys):
+    """The second signal can land after the run put Python's own handlers back (a loaded machine, a
+    quick finger): Python then raises a plain KeyboardInterrupt over the run's Interrupted."""
+    from mnist_nn import cli
+
+    stopped = Interrupted("interrupted by SIGINT after batch 3/40; resume with: mnist-nn train --resume run", 130)
+
+    def train_stopped_then_interrupted(args):
+        try:
+            raise stopped
+        finally:
+            raise KeyboardInterrupt  # as the default SIGINT handler raises it during the unwinding
+
+    monkeypatch.setitem(cli.HANDLERS, "train", train_stopped_then_interrupted)
+    assert main(["train", "--recipe", "tutorial"]) == 130
+    assert capsys.readouterr().err == f"mnist-nn: {stopped}\n"
+    monkeypatch.setitem(cli.HANDLERS, "train", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(["train", "--recipe", "tutorial"]) == 130
+    assert capsys.readouterr().err == "mnist-nn: interrupted\n"  # Ctrl-C anywhere else: the plain word
+
+
 def test_same_seed_same_weights_and_metrics_and_a_full_disk_loses_nothing(toy, tmp_path, monkeypatch, capsys):
     """Two runs: identical metrics.jsonl and weights. A third hits ENOSPC mid-run, reports it, and resumes."""
     for name in ("a", "b"):

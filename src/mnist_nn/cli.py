@@ -797,6 +797,18 @@ def build_parser() -> Parser:
     return parser
 
 
+def _training_interruption(exc: BaseException) -> Interrupted | None:
+    """The run's own Interrupted, also when a second Ctrl-C came while the stopping run unwound (its signal
+    handlers already put back, so Python raised a plain KeyboardInterrupt over it): the state is saved
+    either way, and the message that says how to resume is the one to print."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, Interrupted):
+            return seen
+        seen = seen.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -809,8 +821,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         # Training's own interruption says where its state is and how to resume; exit 128 + the signal.
-        print(f"mnist-nn: {exc if isinstance(exc, Interrupted) else 'interrupted'}", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, Interrupted) else 130
+        stopped = _training_interruption(exc)
+        print(f"mnist-nn: {stopped or 'interrupted'}", file=sys.stderr)
+        return stopped.exit_code if stopped is not None else 130
     except BrokenPipeError:
         # The reader went away (`mnist-nn evaluate ... | head`): stop quietly, as command-line tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
