@@ -231,7 +231,8 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume_to_the_same_result(toy_folde
         assert process.exitcode == code, (name, log.read_text())
         lines = log.read_text().strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in lines[0], lines
-        assert lines[0].endswith(f"resume with: mnist-nn train --resume {run}"), lines[0]
+        where = load_train_state(run / "state.pt").get("position")
+        assert lines[0].endswith(f"resume with: mnist-nn train --resume {run}"), (name, lines[0], where)
         if name == "SIGINT":
             assert lines[0].startswith("mnist-nn: interrupted by SIGINT"), lines[0]
         load_train_state(run / "state.pt")  # intact and loadable after every stop
@@ -260,6 +261,23 @@ def test_a_second_ctrl_c_while_a_stopped_run_unwinds_still_says_how_to_resume(mo
     monkeypatch.setitem(cli.HANDLERS, "train", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert main(["train", "--recipe", "tutorial"]) == 130
     assert capsys.readouterr().err == "mnist-nn: interrupted\n"  # Ctrl-C anywhere else: the plain word
+
+
+def test_ctrl_c_while_the_results_are_written_says_how_to_resume(toy, tmp_path, monkeypatch, capsys):
+    from mnist_nn.trainer import Trainer
+
+    def interrupted_finish(self, wall_start):
+        raise KeyboardInterrupt  # Python's own SIGINT handler: the loop's were put back after the last epoch
+
+    monkeypatch.setattr(Trainer, "finish", interrupted_finish)
+    run = tmp_path / "run"
+    assert main(_new_run(toy, run, 2)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mnist-nn: interrupted by SIGINT while writing the results"), err
+    assert err[0].endswith(f"resume with: mnist-nn train --resume {run}")
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0  # the finished state: only the results are written
+    assert (run / "model.pt").exists() and (run / "summary.json").exists()
 
 
 def test_same_seed_same_weights_and_metrics_and_a_full_disk_loses_nothing(toy, tmp_path, monkeypatch, capsys):

@@ -458,18 +458,24 @@ class Trainer:
     def fit(self, wall_start: float | None = None) -> RunResult:
         """Train the epochs left, then score the test set and write the results."""
         wall_start = time.perf_counter() if wall_start is None else wall_start
-        with write_errors(self.run_dir, self.state_path):
-            # Signals are caught from the first save on: one that comes before the first step stops after it.
-            with stop_on_signals(self.stop):
-                self.begin()
-                first = self.start
-                epochs = range(first.epoch, self.recipe.epochs + 1) if not first.finished else range(0)
-                with self.report.metrics_file():
-                    for epoch in epochs:
-                        train_loss = self.train_one_epoch(epoch, first.batch if epoch == first.epoch else 0)
-                        if self.end_epoch(epoch, train_loss):
-                            break
-            summary, figures = self.finish(wall_start)
+        try:
+            with write_errors(self.run_dir, self.state_path):
+                # Signals are caught from the first save on: one that comes before the first step stops after it.
+                with stop_on_signals(self.stop):
+                    self.begin()
+                    first = self.start
+                    epochs = range(first.epoch, self.recipe.epochs + 1) if not first.finished else range(0)
+                    with self.report.metrics_file():
+                        for epoch in epochs:
+                            train_loss = self.train_one_epoch(epoch, first.batch if epoch == first.epoch else 0)
+                            if self.end_epoch(epoch, train_loss):
+                                break
+                summary, figures = self.finish(wall_start)
+        except KeyboardInterrupt as exc:
+            # Ctrl-C outside the loop's own handlers (the results being written): the saved state still resumes.
+            if isinstance(exc, Interrupted) or not self.state_path.exists():
+                raise
+            raise self.interrupted(signal.SIGINT, "while writing the results") from exc
         if self.context.is_main():
             chosen = f" (epoch {summary['selected_epoch']}, best on validation)" if self.recipe.val_size else ""
             print(
