@@ -299,9 +299,12 @@ register_recipe(
     )
 )
 
-# Real handwriting, read out of the box: cnn-best's network and schedule, trained on digits as pens,
-# paper, light and cameras change them (augment.augment_ink), and on larger turns, slants, zooms and
-# shifts than MNIST has (photos are rarely framed as MNIST's scans were). It is the bundled default model.
+# Real handwriting, read out of the box: cnn-best's network, schedule and warps, trained on digits as
+# pens, paper, light and cameras change them (augment.augment_ink). Larger turns, slants and zooms
+# (15°, 15°, 20%) cost clean accuracy (99.43% over 3 seeds) and bought little under MNIST-C (rotate
+# 98.52% against 97.77%, shear and scale 0.1-0.2 points); predict centres and sizes a photo's digit.
+# All 60,000 training digits, no hold-out: the last epoch of the one-cycle schedule is the model
+# (a 5,000-digit hold-out picked epochs 4 and 5 of 15 for two seeds). It is the bundled default model.
 register_recipe(
     Recipe(
         name="robust",
@@ -316,10 +319,10 @@ register_recipe(
         warmup_epochs=2,
         label_smoothing=0.1,
         ema_decay=0.999,
-        aug_rotate=15,
-        aug_shift=3,
-        aug_scale=0.2,
-        aug_shear=15,
+        aug_rotate=10,
+        aug_shift=2.5,
+        aug_scale=0.1,
+        aug_shear=8,
         aug_thickness=1.5,
         aug_blur=1.0,
         aug_contrast=0.6,
@@ -328,6 +331,7 @@ register_recipe(
         aug_occlude=1.0,
         aug_lowres=0.5,
         aug_ink_share=0.12,
+        val_size=0,
         channels_last=True,
     )
 )
