@@ -72,9 +72,10 @@ def _split_model_and_images(model: str | None, paths: list[str]) -> tuple[Path, 
     return _chosen_model(model, None), paths
 
 
-def _add_device_argument(parser: argparse.ArgumentParser, what: str, auto: str | None = None) -> None:
-    """--device, with the same default in every command: auto."""
-    auto = auto or "a CUDA GPU, else Apple's MPS, else the CPU"
+def _add_device_argument(
+    parser: argparse.ArgumentParser, what: str, auto: str = "a CUDA GPU, else Apple's MPS, else the CPU"
+) -> None:
+    """--device, with the same default in every command: auto (``auto`` says what it picks)."""
     parser.add_argument(
         "--device",
         default="auto",
