@@ -154,6 +154,7 @@ def test_serve_without_a_checkpoint_answers_with_the_default_model():
                 assert time.monotonic() < deadline, "the server did not answer"
                 time.sleep(0.2)
         assert health["status"] == "ok" and health["model"] == "cnn-best"  # the robust recipe's network
+        assert health["pretrained"] == "robust"  # the bundled default, by its name
         boundary = "mnist-nn-test-boundary"
         body = (
             (

@@ -64,12 +64,14 @@ def test_health(client):
     response = client.get("/api/health")
     assert response.status_code == 200
     assert response.json()["status"] == "ok" and response.json()["model"] == "tutorial-mlp"
+    assert response.json()["pretrained"] is None  # a checkpoint of one's own, not a bundled model
 
 
 def test_model_reports_name_parameters_and_recorded_accuracy(client):
     info = client.get("/api/model").json()
     assert info == {
         "name": "tutorial-mlp",
+        "pretrained": None,
         "parameters": 175_306,
         "dataset": "mnist",
         "labels": [str(d) for d in range(10)],

@@ -71,6 +71,12 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     raise UserError(f"{model}: no such file, and not a bundled model (bundled: {known})")
 
 
+def bundled_name(checkpoint: str | os.PathLike) -> str | None:
+    """The bundled model's name when ``checkpoint`` is one of the package's own files, else None."""
+    path = Path(checkpoint).resolve()
+    return next((name for name, model in bundled_models().items() if model.path.resolve() == path), None)
+
+
 def looks_like_model(argument: str) -> bool:
     """Whether a command-line argument names a checkpoint rather than an image: a .pt/.pth file or a bundled name."""
     return Path(argument).suffix.lower() in (".pt", ".pth") or (

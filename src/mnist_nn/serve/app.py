@@ -39,6 +39,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..bundled import bundled_name
 from ..explain import METHOD, ExplainUnavailable
 from ..predict import ImageReading, Predictor, source_name
 from ..preprocess import MNIST_SIZE, ImageError, ImageTooLarge, image_pixels
@@ -103,6 +104,7 @@ class PredictResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
+    pretrained: str | None = Field(description="the bundled model's name (mnist-nn models --pretrained), if it is one")
     parameters: int
     dataset: str | None
     labels: list[str]
@@ -111,7 +113,8 @@ class ModelInfo(BaseModel):
 
 class Health(BaseModel):
     status: str
-    model: str
+    model: str  # the network's architecture
+    pretrained: str | None  # the bundled model's name, if it is one
     version: str
 
 
@@ -321,8 +324,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _add_page_and_info(app: FastAPI, predictor: Predictor, errors: Callable[..., dict]) -> None:
     model_name = str(predictor.metadata.get("model", "model"))
+    checkpoint = predictor.metadata.get("checkpoint")
+    pretrained = bundled_name(checkpoint) if checkpoint else None
     info = ModelInfo(
         name=model_name,
+        pretrained=pretrained,
         parameters=sum(p.numel() for p in predictor.pixel_model.model.parameters()),
         dataset=predictor.metadata.get("dataset"),
         labels=list(predictor.labels),
@@ -337,7 +343,7 @@ def _add_page_and_info(app: FastAPI, predictor: Predictor, errors: Callable[...,
 
     @app.get("/api/health", response_model=Health, **documented)
     async def health() -> Health:
-        return Health(status="ok", model=model_name, version=__version__)
+        return Health(status="ok", model=model_name, pretrained=pretrained, version=__version__)
 
     @app.get("/api/model", response_model=ModelInfo, **documented)
     async def model() -> ModelInfo:

@@ -341,7 +341,9 @@ async function loadModel() {
     const model = await response.json();
     labels = model.labels;
     const accuracy = model.test_accuracy == null ? "" : `, test accuracy ${(100 * model.test_accuracy).toFixed(2)}%`;
-    info.textContent = `${model.name}: ${model.parameters.toLocaleString("en")} parameters${accuracy}`;
+    // A bundled model goes by its own name ("robust"), its network after it.
+    const name = model.pretrained ? `${model.pretrained} (${model.name})` : model.name;
+    info.textContent = `${name}: ${model.parameters.toLocaleString("en")} parameters${accuracy}`;
   } catch {
     info.textContent = "model information unavailable";
   }
