@@ -315,6 +315,55 @@ def robustness_table(results: Path, chinese: bool) -> str:
     return "\n".join(lines) + note
 
 
+def photo_table(results: Path, chinese: bool) -> str:
+    """Photo-like digits: one row per look, one column per predict-realphoto-<name>.json, then the totals."""
+    found = {
+        r.name[len("predict-realphoto-") : -len(".json")]: json.loads(r.read_text())
+        for r in sorted(results.glob("predict-realphoto-*.json"))
+    }
+    order = sorted(found, key=lambda name: (RECIPE_ORDER.index(name) if name in RECIPE_ORDER else 99, name))
+    columns = [found[name] for name in order]
+    lines = [("| 样式 |" if chinese else "| look |") + "".join(f" `{name}` |" for name in order)]
+    lines.append("| --- |" + " ---: |" * len(order))
+    looks = list(dict.fromkeys(look for r in columns for look in r["photo_accuracy_by_look"]))
+    for look in looks:
+        cells = "".join(
+            f" {_pct(r['photo_accuracy_by_look'][look]['accuracy'])} |"
+            if look in r["photo_accuracy_by_look"]
+            else " – |"
+            for r in columns
+        )
+        lines.append(f"| {look} |{cells}")
+
+    def sets(r: dict) -> str:
+        wrong = sum(f["images"] - f["right"] for f in r["photo_sets"])
+        hard = sum(f["wrong_in_mnist_form"] for f in r["photo_sets"])
+        return f"{_pct(r['photo_sets_accuracy'])} ({wrong} / {hard})"
+
+    first = columns[0] if columns else {"photo_images": 0, "photo_sets": [{}]}
+    count, many = first["photo_images"], len(first["photo_sets"]) * first["photo_images"]
+    labels = (
+        (
+            f"**全部 {count:,} 张**",
+            f"{len(first['photo_sets'])} 组共 {many:,} 张（读错 / 其中 MNIST 原图也读错）",
+            f"只有经典样式的 {count:,} 张",
+            "多位数整串读对",
+        )
+        if chinese
+        else (
+            f"**all {count:,}**",
+            f"{len(first['photo_sets'])} sets, {many:,} images (misread / also misread as MNIST)",
+            f"classic look only, {count:,} images",
+            "numbers read exactly",
+        )
+    )
+    lines.append(f"| {labels[0]} |" + "".join(f" **{_pct(r['photo_accuracy'])}** |" for r in columns))
+    lines.append(f"| {labels[1]} |" + "".join(f" {sets(r)} |" for r in columns))
+    lines.append(f"| {labels[2]} |" + "".join(f" {_pct(r['classic_photo_accuracy'])} |" for r in columns))
+    lines.append(f"| {labels[3]} |" + "".join(f" {_pct(r['multi_exact'])} |" for r in columns))
+    return "\n".join(lines)
+
+
 def pretrained_table(results: Path, chinese: bool) -> str:
     """The bundled models (src/mnist_nn/pretrained/models.json, made by scripts/make_pretrained.py)."""
     models = json.loads(PRETRAINED_INDEX.read_text())["models"] if PRETRAINED_INDEX.exists() else []
@@ -433,6 +482,7 @@ TABLES = {
     "inference-results": inference_table,
     "ddp-results": ddp_table,
     "robustness-results": robustness_table,
+    "photo-results": photo_table,
     "gpu-results": gpu_table,
 }
 

@@ -192,16 +192,46 @@ def test_predict_realphoto_benchmark(mnist_dir, trained_checkpoint, tmp_path):
         str(mnist_dir),
         "--photos",
         "50",
+        "--sets",
+        "2",
         "--numbers",
         "20",
         "--batch",
         "100",
+        "--name",
+        "predict-realphoto-mine",
         "--results",
         str(tmp_path),
     )
-    data = json.loads((tmp_path / "predict-realphoto.json").read_text())
+    data = json.loads((tmp_path / "predict-realphoto-mine.json").read_text())
     assert data["photo_images"] == 50 and data["multi_numbers"] == 20
+    first, second = data["photo_sets"]
+    assert first["accuracy"] == data["photo_accuracy"] and first["images"] == second["images"] == 50
+    assert data["photo_sets_accuracy"] == (first["right"] + second["right"]) / 100
+    # Each miss says how the model reads its MNIST digit; those it also misreads there are counted.
+    assert len(data["photo_wrong"]) == 50 - first["right"]
+    hard = [w for w in data["photo_wrong"] if w["mnist_form_read"] != w["label"]]
+    assert first["wrong_in_mnist_form"] == len(hard)
+    # The README's photo-like table: a column named after the result file, a row per look, the totals.
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- photo-results:start -->\n<!-- photo-results:end -->\n")
+    bench("render_results.py", "--results", str(tmp_path), "--readme", str(readme))
+    table = readme.read_text()
+    assert "| look | `mine` |" in table and f"| **all 50** | **{100 * data['photo_accuracy']:.2f}%** |" in table
+    wrong = 100 - first["right"] - second["right"]
+    assert f"| {100 * data['photo_sets_accuracy']:.2f}% ({wrong} / " in table
     assert data["onnx_max_abs_diff"] < 1e-4 and data["onnxruntime_images_per_s"] > 0
+
+
+def test_predict_realphoto_refuses_no_sets(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "predict_realphoto.py"), "model.pt", "--sets", "0", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 2 and done.stderr.strip() == "error: --sets must be at least 1, got 0"
+    assert list(tmp_path.iterdir()) == []
 
 
 @realdata

@@ -48,6 +48,9 @@ def test_the_default_mix_draws_from_every_look():
     images, labels = fake_digits(60)
     items = photo_set(images, labels, count=60, seed=0)
     assert len({item.name for item in items}) == 60 and all(item.label == str(int(item.label)) for item in items)
+    # Each image names the MNIST digit it was drawn from: all 60, once each, with that digit's label.
+    assert sorted(item.source for item in items) == list(range(60))
+    assert all(item.label == str(labels[item.source]) for item in items)
     assert len({item.look for item in items}) >= 10 and {item.look for item in items} <= set(LOOKS)
     assert sum(share for share, _ in LOOKS.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown look 'sepia'"):

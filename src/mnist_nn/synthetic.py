@@ -45,6 +45,7 @@ class SyntheticImage:
     label: str  # the true reading: one digit, or a number's digits
     kind: str  # the file format, one of KINDS
     look: str = "classic"  # how it departs from MNIST, one of LOOKS
+    source: int | None = None  # photo_set: the index of the MNIST image it was made from
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def photo_set(
             item = photo(images[index], label, look, stem, rng)
             item.look = name
             out.append(item)
+        out[-1].source = int(index)
     return out
 
 
