@@ -51,7 +51,7 @@ def photo_figures(photos: list[synthetic.SyntheticImage], readings: list[str | N
     return {
         "images": len(photos),
         "right": len(photos) - len(wrong),
-        "accuracy": 1 - len(wrong) / len(photos),
+        "accuracy": (len(photos) - len(wrong)) / len(photos),
         "wrong_in_mnist_form": sum(str(plain_read[item.source]) != item.label for item in wrong),
     }
 
@@ -85,7 +85,6 @@ def main() -> int:
     start = time.perf_counter()
     readings = [predictor.predict(item.data).label for item in photos]
     photo_seconds = time.perf_counter() - start
-    photo_right = sum(read == item.label for read, item in zip(readings, photos, strict=True))
     set_figures = [photo_figures(photos, readings, plain_read)]
     for seed in range(1, args.sets):
         more = synthetic.photo_set(images, labels, count=args.photos, seed=seed)
@@ -141,7 +140,7 @@ def main() -> int:
         "model": predictor.metadata["model"],
         "threads": threads,
         "plain_test_accuracy": plain,
-        "photo_accuracy": photo_right / len(photos),
+        "photo_accuracy": set_figures[0]["accuracy"],
         "photo_images": len(photos),
         "photo_seconds": photo_seconds,
         "photo_accuracy_by_look": by_look,

@@ -25,6 +25,11 @@ def _load(results: Path, pattern: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(results.glob(pattern))]
 
 
+def _recipe_rank(name: str) -> tuple[int, str]:
+    """Recipes in RECIPE_ORDER first, in that order; any other after them, by name."""
+    return (RECIPE_ORDER.index(name) if name in RECIPE_ORDER else 99, name)
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
@@ -53,7 +58,7 @@ def _where(data: dict, chinese: bool, gpu: bool = True) -> str:
 
 def recipe_table(results: Path, chinese: bool) -> str:
     rows = [r for r in _load(results, "recipe-*.json") if not r["benchmark"].endswith("ep")]
-    rows.sort(key=lambda r: (r["dataset"], RECIPE_ORDER.index(r["recipe"]) if r["recipe"] in RECIPE_ORDER else 99))
+    rows.sort(key=lambda r: (r["dataset"], *_recipe_rank(r["recipe"])))
     if chinese:
         header = (
             "| 配方 | 数据集 | 参数量 | 种子数 | 测试准确率（均值 ± 标准差） | 最低–最高 | 种子集成 "
@@ -282,7 +287,7 @@ def load_table(results: Path, chinese: bool) -> str:
 def robustness_table(results: Path, chinese: bool) -> str:
     """MNIST-C: one row per corruption, one column per recipe with a robustness-<recipe>.json, the mean, the clean."""
     found = {r["recipe"] or r["model"]: r for r in _load(results, "robustness-*.json")}
-    order = sorted(found, key=lambda name: (RECIPE_ORDER.index(name) if name in RECIPE_ORDER else 99, name))
+    order = sorted(found, key=_recipe_rank)
     columns = [found[name] for name in order]
     header = "| 损坏 |" if chinese else "| corruption |"
     lines = [header + "".join(f" `{name}` |" for name in order), "| --- |" + " ---: |" * len(order)]
@@ -321,7 +326,7 @@ def photo_table(results: Path, chinese: bool) -> str:
         r.name[len("predict-realphoto-") : -len(".json")]: json.loads(r.read_text())
         for r in sorted(results.glob("predict-realphoto-*.json"))
     }
-    order = sorted(found, key=lambda name: (RECIPE_ORDER.index(name) if name in RECIPE_ORDER else 99, name))
+    order = sorted(found, key=_recipe_rank)
     columns = [found[name] for name in order]
     lines = [("| 样式 |" if chinese else "| look |") + "".join(f" `{name}` |" for name in order)]
     lines.append("| --- |" + " ---: |" * len(order))
@@ -340,7 +345,9 @@ def photo_table(results: Path, chinese: bool) -> str:
         hard = sum(f["wrong_in_mnist_form"] for f in r["photo_sets"])
         return f"{_pct(r['photo_sets_accuracy'])} ({wrong} / {hard})"
 
-    first = columns[0] if columns else {"photo_images": 0, "photo_sets": [{}]}
+    if not columns:
+        return "\n".join(lines)
+    first = columns[0]
     count, many = first["photo_images"], len(first["photo_sets"]) * first["photo_images"]
     labels = (
         (

@@ -22,22 +22,21 @@ realdata = pytest.mark.realdata
 HOST_KEYS = {"cpu_model", "cores", "amx", "avx512_bf16", "avx512f", "torch", "gpu"}
 
 
-def bench(script: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=False, cwd=REPO
+def run_bench(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=False, cwd=REPO, env=env
     )
+
+
+def bench(script: str, *args: str) -> str:
+    done = run_bench(script, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 @realdata
 def test_seeds_refuses_tta_without_an_ensemble(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "seeds.py"), "--recipe", "cnn-fast", "--tta", "--results", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    done = run_bench("seeds.py", "--recipe", "cnn-fast", "--tta", "--results", str(tmp_path))
     assert done.returncode == 2 and done.stderr.strip().endswith("--tta scores the ensemble: add --ensemble")
     assert list(tmp_path.iterdir()) == []
 
@@ -136,20 +135,7 @@ def test_seeds_and_render(mnist_dir, tmp_path):
     assert "old" not in text and "| `cnn-fast` | mnist | 50,794 | 2 |" in text
     assert f"{100 * data['test_accuracy']['mean']:.2f}%" in text
     assert f"(TTA {100 * data['ensemble_tta_accuracy']:.2f}%)" in text
-    check = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "render_results.py"),
-            "--results",
-            str(tmp_path),
-            "--readme",
-            str(readme),
-            "--check",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    check = run_bench("render_results.py", "--results", str(tmp_path), "--readme", str(readme), "--check")
     assert check.returncode == 0, check.stdout
 
 
@@ -224,12 +210,7 @@ def test_predict_realphoto_benchmark(mnist_dir, trained_checkpoint, tmp_path):
 
 
 def test_predict_realphoto_refuses_no_sets(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "predict_realphoto.py"), "model.pt", "--sets", "0", "--results", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    done = run_bench("predict_realphoto.py", "model.pt", "--sets", "0", "--results", str(tmp_path))
     assert done.returncode == 2 and done.stderr.strip() == "error: --sets must be at least 1, got 0"
     assert list(tmp_path.iterdir()) == []
 
@@ -335,14 +316,7 @@ def test_every_result_file_records_its_host(benchmarks, tmp_path):
 
 def test_gpu_benchmark_refuses_without_a_gpu(tmp_path):
     # An empty CUDA_VISIBLE_DEVICES hides any GPU, so this holds on a GPU machine too.
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "gpu.py"), "--results", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-        check=False,
-    )
+    done = run_bench("gpu.py", "--results", str(tmp_path), env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("gpu: no CUDA GPU here"), done.stderr
     assert list(tmp_path.iterdir()) == []
