@@ -213,6 +213,24 @@ def test_stroke_width_is_brought_into_mnists_band():
     assert MNIST_BAND[0] <= mnist_width(preprocess_image(drawn_three()).pixels) <= MNIST_BAND[1]
 
 
+def test_thinning_a_blob_keeps_its_thinner_stem():
+    # A marker's 6 whose loop filled: a blob with a stem of ordinary width. Peeling the blob as deep
+    # as its width asks would erase the stem, and the 20 px fit would blow the blob up to a '0'.
+    image = Image.new("L", (400, 400), 220)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((90, 200, 310, 390), fill=20)
+    draw.line((130, 290, 250, 15), fill=20, width=34)
+    gray = np.asarray(image, np.float32)
+    crop = ink_crop(gray)
+    assert stroke_width(crop) > STROKE_HIGH  # thick enough to be thinned
+    thinned = normalize_strokes(crop)
+    rows = np.nonzero(thinned.max(axis=1) >= 0.5 * thinned.max())[0]
+    assert (rows[-1] - rows[0] + 1) / thinned.shape[0] > 0.85  # the stem still reaches the top
+    digit = preprocess_image(gray).pixels
+    assert digit[4:8, 14:22].max() > 127  # the stem's top, up and right of the blob
+    assert digit[4:12, 4:10].max() < 30  # and no blob up there
+
+
 def test_the_thickened_ring_keeps_its_hole():
     image = Image.new("L", (400, 400), 255)
     ImageDraw.Draw(image).ellipse((150, 60, 250, 340), outline=0, width=1)  # a narrow '0' in a 1 px pen

@@ -69,6 +69,12 @@ POLARITY_SIZE = 32
 # filled has no stroke left to thin).
 STROKE_LOW, STROKE_TARGET = 1.5, 2.8
 STROKE_HIGH, STROKE_THINNED = 6.0, 4.2
+# Thinning peels every stroke alike, so it must keep this share of the strokes' skeleton, or peel less
+# deep. A marker's 6 whose loop filled is a blob with a thinner stem: peeled for the blob's width, the
+# stem went (27-54% of the skeleton kept), and the 20 px fit blew the blob up into a '0'. Of the 82
+# thinned among 3,000 photo-like images, three in four keep 95-100% at full depth. With this check the
+# bundled model misreads 42 of 8,000 photo-like images instead of 51, cnn-best 36 instead of 43.
+SKELETON_KEPT = 0.9
 STROKE_SIZE = 80  # strokes are measured and changed on a copy this wide (4x MNIST's box): cheap, and fine enough
 # A single digit is a few pieces at most (a broken stroke, a 5's bar); more similar blobs are not one digit.
 MAX_BLOBS = 12
@@ -580,8 +586,8 @@ def normalize_strokes(crop: np.ndarray) -> np.ndarray:
     pixels across. Thin strokes (under STROKE_LOW) are grown to STROKE_TARGET by a grey dilation
     with a disk, made smaller while it would close a loop (a small 6's or 9's). Strokes thicker than
     any of MNIST's (over STROKE_HIGH) are peeled towards STROKE_THINNED, less while that would break
-    a stroke in two or lose a loop. Digits within range, or smaller than MNIST's box, are returned
-    as they are.
+    a stroke in two, lose a loop or erase a thinner stroke (SKELETON_KEPT). Digits within range, or
+    smaller than MNIST's box, are returned as they are.
     """
     small = _stroke_copy(crop)
     mask = small >= 0.5 * float(small.max())
@@ -597,11 +603,13 @@ def normalize_strokes(crop: np.ndarray) -> np.ndarray:
         # levels (a grey erosion would spread the faintest pixel over every stroke), with a soft edge.
         depth = ndimage.distance_transform_edt(mask)
         pieces, holes = _topology(mask)
+        skeleton = skeletonize(mask)
         radius = (width - STROKE_THINNED) * per_box_pixel / 2
         while radius >= 1:
             thinned = small * np.clip(depth - radius, 0.0, 1.0).astype(np.float32)
-            count, loops = _topology(thinned >= 0.5 * float(small.max()))
-            if loops >= holes and 0 < count <= pieces:
+            kept = thinned >= 0.5 * float(small.max())
+            count, loops = _topology(kept)
+            if loops >= holes and 0 < count <= pieces and (skeleton & kept).sum() >= SKELETON_KEPT * skeleton.sum():
                 return thinned
             radius -= 1
         return crop
