@@ -157,7 +157,7 @@ def main() -> int:
         "pytorch_images_per_s": torch_speed,
         "onnxruntime_images_per_s": onnx_speed,
     }
-    print(f"{predictor.metadata['model']} ({args.checkpoint}), {threads} threads")
+    print(f"{args.checkpoint}: network {predictor.metadata['model']}, {threads} threads")
     print(f"  plain test accuracy        {100 * plain:6.2f}%  (10,000 images)")
     print(
         f"  photo-like accuracy        {100 * result['photo_accuracy']:6.2f}%  ({len(photos):,} images, "

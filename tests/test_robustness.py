@@ -111,14 +111,20 @@ def write_idx_and_read(tmp_path: Path) -> np.ndarray:
     return read_split(folder, "test")[0].numpy()
 
 
-def test_the_cache_is_keyed_by_test_set_version_and_seed(monkeypatch):
+def test_the_cache_is_keyed_by_test_set_version_libraries_and_seed(monkeypatch):
     from mnist_nn import robustness
 
+    version = robustness.CORRUPTIONS_VERSION
     folder = robustness.cache_folder("mnist", "a" * 32)
-    assert folder.name == f"mnist-{'a' * 32}-v{robustness.CORRUPTIONS_VERSION}-seed0"
+    assert folder.name.startswith(f"mnist-{'a' * 32}-v{robustness.CORRUPTIONS_VERSION}-np{np.__version__}-sp")
+    assert folder.name.endswith("-seed0")
     assert robustness.cache_folder("mnist", "b" * 32) != folder
     assert robustness.cache_folder("mnist", "a" * 32, seed=1) != folder
-    monkeypatch.setattr(robustness, "CORRUPTIONS_VERSION", robustness.CORRUPTIONS_VERSION + 1)
+    monkeypatch.setattr(robustness, "CORRUPTIONS_VERSION", version + 1)
+    assert robustness.cache_folder("mnist", "a" * 32) != folder
+    monkeypatch.setattr(robustness, "CORRUPTIONS_VERSION", version)
+    assert robustness.cache_folder("mnist", "a" * 32) == folder
+    monkeypatch.setattr(np, "__version__", "0.0.1")  # another numpy may draw other random numbers
     assert robustness.cache_folder("mnist", "a" * 32) != folder
 
 

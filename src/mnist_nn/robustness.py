@@ -8,8 +8,9 @@ corruptions; the clean accuracy is reported beside it, not in it, as in the MNIS
 
 Building the 15 sets of 10,000 images takes tens of seconds, so they are cached, one .npy per
 corruption, under the data cache (``data.cache_dir``): ``mnist-c/<dataset>-<MD5 of the test
-images>-v<CORRUPTIONS_VERSION>-seed<seed>/``. Other test images, a changed corruption or another
-seed name another folder, so a stale set is never read. Each file is written atomically; a cache
+images>-v<CORRUPTIONS_VERSION>-<libraries>-seed<seed>/``. Other test images, a changed corruption,
+another numpy, SciPy or scikit-image (the random streams, filters and edge detector the corruptions
+call), or another seed name another folder, so a stale set is never read. Each file is written atomically; a cache
 that cannot be written only costs building the sets again next time.
 """
 
@@ -40,11 +41,19 @@ DEFAULT_BATCH_SIZE = 256
 EXAMPLE = 0  # the test digit the grid shows under each corruption
 
 
+def _libraries() -> str:
+    """The versions of the libraries the corruptions call, e.g. "np2.3.5-sp1.16.3-sk0.25.2"."""
+    import scipy
+    import skimage
+
+    return f"np{np.__version__}-sp{scipy.__version__}-sk{skimage.__version__}"
+
+
 def cache_folder(dataset: str, images_md5: str, seed: int = SEED) -> Path:
     """Where the corrupted sets of a test set (named by its images' MD5) are cached."""
     from .data import cache_dir
 
-    return cache_dir() / "mnist-c" / f"{dataset}-{images_md5}-v{CORRUPTIONS_VERSION}-seed{seed}"
+    return cache_dir() / "mnist-c" / f"{dataset}-{images_md5}-v{CORRUPTIONS_VERSION}-{_libraries()}-seed{seed}"
 
 
 def _read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
