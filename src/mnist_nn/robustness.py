@@ -10,8 +10,8 @@ Building the 15 sets of 10,000 images takes tens of seconds, so they are cached,
 corruption, under the data cache (``data.cache_dir``): ``mnist-c/<dataset>-<MD5 of the test
 images>-v<CORRUPTIONS_VERSION>-<libraries>-seed<seed>/``. Other test images, a changed corruption,
 another numpy, SciPy or scikit-image (the random streams, filters and edge detector the corruptions
-call), or another seed name another folder, so a stale set is never read. Each file is written atomically; a cache
-that cannot be written only costs building the sets again next time.
+call), or another seed name another folder, so a stale set is never read. Each file is written
+atomically; a cache that cannot be written only costs building the sets again next time.
 """
 
 from __future__ import annotations
