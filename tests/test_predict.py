@@ -12,9 +12,11 @@ from PIL import Image, ImageDraw
 
 import mnist_nn
 from mnist_nn import synthetic
+from mnist_nn.bundled import resolve_model
 from mnist_nn.checkpoint import load_checkpoint
 from mnist_nn.cli import main
 from mnist_nn.data import load_dataset
+from mnist_nn.evaluate import zoom_views
 from mnist_nn.predict import Predictor
 
 
@@ -40,6 +42,42 @@ def test_pixel_model_applies_the_checkpoints_normalization(random_checkpoint):
         assert torch.allclose(predictor.pixel_model(pixels), expected, atol=1e-5)
         assert torch.allclose(predictor.pixel_model(pixels.float()), expected, atol=1e-5)
     assert predictor.probabilities(pixels.numpy()).sum(1).sub(1).abs().max() < 1e-5
+
+
+def test_zoom_views_enlarge_and_shrink_the_digit_about_the_centre():
+    pixels = torch.zeros(1, 28, 28)
+    pixels[0, 9:19, 9:19] = 255.0  # a 10 px square around the centre
+    plain, enlarged, shrunk = zoom_views(pixels, 0.1)
+    assert torch.equal(plain, pixels)
+    rows = torch.arange(28.0)
+
+    def side_and_centre(view):
+        profile = view[0].sum(1)  # ink per row
+        return float(view[0].sum() / 255 / 10), float((profile * rows).sum() / profile.sum())
+
+    assert side_and_centre(plain) == (10.0, 13.5)
+    side, centre = side_and_centre(enlarged)
+    assert side == pytest.approx(10 / 0.9 * (10 / 0.9) / 10, rel=0.03) and centre == pytest.approx(13.5, abs=0.01)
+    side, centre = side_and_centre(shrunk)
+    assert side == pytest.approx(10 / 1.1 * (10 / 1.1) / 10, rel=0.03) and centre == pytest.approx(13.5, abs=0.01)
+
+
+def test_an_image_is_read_at_the_zooms_its_recipe_trained_on(random_checkpoint, tmp_path):
+    """A checkpoint's zoom is its recipe's aug_scale (none for the tutorial's); a reading averages the
+    probabilities of the three views, and ``zoom=0`` reads the digit once."""
+    assert Predictor.from_checkpoint(random_checkpoint).zoom == 0.0  # no recipe recorded: one reading
+    assert Predictor.from_checkpoint(resolve_model("robust")).zoom == 0.1  # robust: aug_scale 0.1
+    assert Predictor.from_checkpoint(resolve_model("tutorial")).zoom == 0.0
+    predictor = Predictor.from_checkpoint(random_checkpoint, zoom=0.2)
+    assert predictor.metadata["zoom"] == 0.2
+    path = digit_png(tmp_path / "one.png")
+    reading = predictor.read_image(path)
+    views = zoom_views(torch.from_numpy(reading.pixels), 0.2)
+    mean = sum(predictor.probabilities(view) for view in views) / 3
+    assert torch.allclose(reading.probabilities, mean, atol=1e-6)
+    assert not torch.allclose(reading.probabilities, predictor.probabilities(reading.pixels), atol=1e-4)
+    once = Predictor.from_checkpoint(random_checkpoint, zoom=0).read_image(path)
+    assert torch.equal(once.probabilities, predictor.probabilities(reading.pixels))
 
 
 def test_folder_with_mixed_files_gives_every_file_a_result(random_checkpoint, tmp_path, capsys):

@@ -101,11 +101,7 @@ def _predictor(checkpoint: Any, device: str) -> Predictor:
     if isinstance(checkpoint, Predictor):
         return checkpoint
     if isinstance(checkpoint, Checkpoint):  # the model in memory, as the caller may have changed it
-        from .data import get_dataset_spec
-
-        labels = get_dataset_spec(checkpoint.dataset).classes
-        metadata = {"checkpoint": str(checkpoint.path), "model": checkpoint.model_name, "dataset": checkpoint.dataset}
-        return Predictor(checkpoint.model, checkpoint.mean, checkpoint.std, labels, metadata)
+        return Predictor.from_loaded(checkpoint)
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise UserError(f"checkpoint: expected a model.pt path, a Checkpoint or a Predictor, got {checkpoint!r}")
     from .bundled import resolve_model

@@ -116,6 +116,18 @@ def shifted_views(images: torch.Tensor) -> list[torch.Tensor]:
     return [padded[..., y : y + height, x : x + width] for y, x in offsets]
 
 
+def zoom_views(pixels: torch.Tensor, zoom: float) -> list[torch.Tensor]:
+    """Test-time augmentation for a read image (``Predictor.zoom``): digits [N, 28, 28] as they are,
+    enlarged by 1 / (1 - zoom) and shrunk by 1 / (1 + zoom), about the image's centre (bilinear)."""
+    views = [pixels]
+    for factor in (1 - zoom, 1 + zoom):
+        # The sampling grid spans `factor` of the image: below 1 it enlarges the digit, above 1 shrinks it.
+        theta = torch.tensor([[factor, 0.0, 0.0], [0.0, factor, 0.0]]).expand(len(pixels), 2, 3)
+        grid = F.affine_grid(theta, [len(pixels), 1, *pixels.shape[1:]], align_corners=False)
+        views.append(F.grid_sample(pixels.unsqueeze(1), grid, align_corners=False)[:, 0])
+    return views
+
+
 def average_log_probabilities(log_probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
     """log(mean of the probabilities), computed in log space: exact even where a probability underflows."""
     stacked = torch.stack(list(log_probabilities))

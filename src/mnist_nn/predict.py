@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import UserError, option
-from .evaluate import model_outputs
+from .evaluate import average_log_probabilities, model_outputs, zoom_views
 from .preprocess import (
     DEFAULT_MAX_PIXELS,
     MNIST_SIZE,
@@ -31,6 +31,9 @@ from .preprocess import (
     preprocess_image,
     segment_digits,
 )
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 NO_DIGIT = "no digit found"
 UNCERTAIN = "uncertain"
@@ -117,21 +120,42 @@ class ImageReading:
 
 
 class Predictor:
-    """Predictions from a checkpoint: on image files, decoded arrays, or MNIST-form pixels."""
+    """Predictions from a checkpoint: on image files, decoded arrays, or MNIST-form pixels.
 
-    def __init__(self, model: nn.Module, mean: float, std: float, labels: Sequence[str], metadata: dict[str, Any]):
+    ``zoom``: an image's digit is read as it is and zoomed in and out by this fraction, and the three
+    readings' probabilities are averaged. A checkpoint's is the zoom range its recipe
+    trained on (``aug_scale``; 0, one reading, for recipes without zoom augmentation): the 20 px box
+    that preprocessing fits a photographed digit into is only roughly the size MNIST's writers gave it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: float,
+        std: float,
+        labels: Sequence[str],
+        metadata: dict[str, Any],
+        zoom: float = 0.0,
+    ):
         self.pixel_model = PixelModel(model, mean, std).eval()
         self.labels = tuple(labels)
-        self.metadata = metadata
+        self.metadata = {**metadata, "zoom": zoom}
+        self.zoom = zoom
         self.device = next(iter(self.pixel_model.parameters()), torch.empty(0)).device
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> Predictor:
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", zoom: float | None = None) -> Predictor:
+        """The checkpoint's Predictor; ``zoom`` None reads images at its recipe's zoom range (see the class)."""
         from .checkpoint import load_checkpoint
-        from .data import get_dataset_spec
         from .device import resolve_device
 
-        checkpoint = load_checkpoint(path, resolve_device(device))
+        return cls.from_loaded(load_checkpoint(path, resolve_device(device)), zoom)
+
+    @classmethod
+    def from_loaded(cls, checkpoint: Checkpoint, zoom: float | None = None) -> Predictor:
+        """The Predictor of a checkpoint in memory (its model as it is now); ``zoom`` as in from_checkpoint."""
+        from .data import get_dataset_spec
+
         labels = get_dataset_spec(checkpoint.dataset).classes
         metadata = {
             "checkpoint": str(checkpoint.path),
@@ -142,7 +166,9 @@ class Predictor:
             "labels": list(labels),
             "test_accuracy": checkpoint.metrics.get("test_accuracy"),
         }
-        return cls(checkpoint.model, checkpoint.mean, checkpoint.std, labels, metadata)
+        if zoom is None:
+            zoom = float(checkpoint.recipe.get("aug_scale") or 0.0)
+        return cls(checkpoint.model, checkpoint.mean, checkpoint.std, labels, metadata, zoom=zoom)
 
     # ----------------------------------------------------------------- pixels
 
@@ -159,6 +185,14 @@ class Predictor:
 
         # One batch (every served request) is returned as it is, without a copy into a new tensor.
         return model_outputs(self.pixel_model, tensor, batch_size, score, to_cpu=True)
+
+    def zoomed_probabilities(self, pixels: np.ndarray) -> torch.Tensor:
+        """Class probabilities for an image's digits [N, 28, 28]: the mean of the readings of ``zoom_views``
+        (the same averaging as ``evaluate --tta``); the plain reading without a zoom."""
+        if not self.zoom:
+            return self.probabilities(pixels)
+        views = zoom_views(torch.as_tensor(pixels, dtype=torch.float32), self.zoom)
+        return average_log_probabilities([self.probabilities(view).log() for view in views]).exp()
 
     def read(self, probabilities: torch.Tensor, top_k: int = 3, threshold: float = 0.0) -> list[DigitReading]:
         """Turn probability rows into readings: best label, confidence, top-k, uncertain below ``threshold``."""
@@ -230,7 +264,7 @@ class Predictor:
             # doing, reported like any unusable image; the original error stays attached as the cause.
             raise ImageError(f"{name}: could not process this image ({type(exc).__name__})") from exc
         pixels = np.stack([segment.pixels for segment in segments])
-        probabilities = self.probabilities(pixels)
+        probabilities = self.zoomed_probabilities(pixels)
         digits = self.read(probabilities, top_k=top_k, threshold=threshold)
         for digit, segment in zip(digits, segments, strict=True):
             digit.box = segment.box
