@@ -215,6 +215,23 @@ def test_predict_realphoto_refuses_no_sets(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_other_writers_benchmark_reads_scikit_learns_digits(tmp_path):
+    out = bench("other_writers.py", "robust", "--limit", "150", "--results", str(tmp_path))
+    (row,) = json.loads((tmp_path / "other-writers.json").read_text())["models"]
+    assert row["model"] == "robust" and row["network"] == "cnn-best"
+    for size in ("8x8", "32x32"):
+        figures = row[size]
+        assert figures["images"] == 150 and 0 < sum(figures["most_misread"].values()) <= figures["misread"]
+        assert figures["accuracy"] == 1 - figures["misread"] / 150 and figures["accuracy"] > 0.9
+        assert f"robust (cnn-best), {size}: {100 * figures['accuracy']:.2f}% of 150" in out
+
+
+def test_other_writers_refuses_a_missing_model(tmp_path):
+    done = run_bench("other_writers.py", "nope", "--results", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.startswith("error: nope: no such file, and not a bundled model")
+    assert list(tmp_path.iterdir()) == []
+
+
 @realdata
 def test_robustness_benchmark_and_its_table(mnist_dir, random_checkpoint, tmp_path):
     grid = tmp_path / "grid.png"
