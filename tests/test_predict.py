@@ -16,6 +16,7 @@ from mnist_nn.bundled import resolve_model
 from mnist_nn.checkpoint import load_checkpoint
 from mnist_nn.cli import main
 from mnist_nn.data import load_dataset
+from mnist_nn.errors import UserError
 from mnist_nn.evaluate import zoom_views
 from mnist_nn.predict import Predictor
 
@@ -78,6 +79,8 @@ def test_an_image_is_read_at_the_zooms_its_recipe_trained_on(random_checkpoint, 
     assert not torch.allclose(reading.probabilities, predictor.probabilities(reading.pixels), atol=1e-4)
     once = Predictor.from_checkpoint(random_checkpoint, zoom=0).read_image(path)
     assert torch.equal(once.probabilities, predictor.probabilities(reading.pixels))
+    with pytest.raises(UserError, match="zoom must be at least 0 and below 1"):
+        Predictor.from_checkpoint(random_checkpoint, zoom=1.0)
 
 
 def test_folder_with_mixed_files_gives_every_file_a_result(random_checkpoint, tmp_path, capsys):

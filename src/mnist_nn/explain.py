@@ -76,7 +76,7 @@ def attributions(
     if len(tensor) == 0:
         return np.zeros((0, MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
     if targets is None:
-        targets = predictor.probabilities(tensor).argmax(1)
+        targets = predictor.zoomed_probabilities(tensor).argmax(1)  # the class the reading answers
     target = torch.as_tensor(targets, dtype=torch.long).to(predictor.device)
     if target.shape != (len(tensor),):
         raise ValueError(f"expected {len(tensor)} targets, got shape {list(target.shape)}")

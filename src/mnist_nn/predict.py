@@ -137,6 +137,8 @@ class Predictor:
         metadata: dict[str, Any],
         zoom: float = 0.0,
     ):
+        if not 0 <= zoom < 1:
+            raise UserError(f"zoom must be at least 0 and below 1 (a fraction of the digit's size), got {zoom}")
         self.pixel_model = PixelModel(model, mean, std).eval()
         self.labels = tuple(labels)
         self.metadata = {**metadata, "zoom": zoom}
@@ -186,7 +188,7 @@ class Predictor:
         # One batch (every served request) is returned as it is, without a copy into a new tensor.
         return model_outputs(self.pixel_model, tensor, batch_size, score, to_cpu=True)
 
-    def zoomed_probabilities(self, pixels: np.ndarray) -> torch.Tensor:
+    def zoomed_probabilities(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Class probabilities for an image's digits [N, 28, 28]: the mean of the readings of ``zoom_views``
         (the same averaging as ``evaluate --tta``); the plain reading without a zoom."""
         if not self.zoom:
