@@ -79,6 +79,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="read only the first N digits (a quick try)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.limit is not None and args.limit < 1:
+        print(f"error: --limit must be at least 1, got {args.limit}", file=sys.stderr)
+        return 2
     configure_cpu()
     try:
         predictors = {model: Predictor.from_checkpoint(resolve_model(model)) for model in args.models}

@@ -226,9 +226,11 @@ def test_other_writers_benchmark_reads_scikit_learns_digits(tmp_path):
         assert f"robust (cnn-best), {size}: {100 * figures['accuracy']:.2f}% of 150" in out
 
 
-def test_other_writers_refuses_a_missing_model(tmp_path):
+def test_other_writers_refuses_a_missing_model_and_no_digits(tmp_path):
     done = run_bench("other_writers.py", "nope", "--results", str(tmp_path))
     assert done.returncode == 2 and done.stderr.startswith("error: nope: no such file, and not a bundled model")
+    done = run_bench("other_writers.py", "robust", "--limit", "0", "--results", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.strip() == "error: --limit must be at least 1, got 0"
     assert list(tmp_path.iterdir()) == []
 
 
