@@ -62,7 +62,7 @@ def prepared(files: list[bytes]) -> np.ndarray:
 
 
 def figures(predictor: Predictor, pixels: np.ndarray, labels: np.ndarray) -> dict:
-    read = predictor.zoomed_probabilities(pixels).argmax(1).numpy()  # as read_image reads them
+    read = predictor.zoomed_probabilities(pixels).argmax(1).numpy()
     confusions = collections.Counter(f"{a}->{b}" for a, b in zip(labels, read, strict=True) if a != b)
     return {
         "images": len(labels),
@@ -84,19 +84,20 @@ def main() -> int:
         return 2
     configure_cpu()
     try:
-        predictors = {model: Predictor.from_checkpoint(resolve_model(model)) for model in args.models}
+        paths = {model: resolve_model(model) for model in args.models}
+        predictors = {model: Predictor.from_checkpoint(path) for model, path in paths.items()}
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sizes = {"8x8": 1, f"{8 * ENLARGED}x{8 * ENLARGED}": ENLARGED}
+    # Preprocessed once for all the models, then read as read_image reads (zoomed_probabilities).
     inputs = {}
     for size, scale in sizes.items():
         files, labels = digit_images(scale, args.limit)
         inputs[size] = (prepared(files), labels)
     rows = []
     for model, predictor in predictors.items():
-        path = resolve_model(model)
-        row = {"model": bundled_name(path) or str(model), "network": predictor.metadata["model"]}
+        row = {"model": bundled_name(paths[model]) or str(model), "network": predictor.metadata["model"]}
         for size, (pixels, labels) in inputs.items():
             row[size] = figures(predictor, pixels, labels)
             print(
