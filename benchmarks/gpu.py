@@ -156,7 +156,7 @@ def inference_part(args: argparse.Namespace, budget: Budget, device: str = "cuda
     import torch
     from inference import images_per_second
 
-    from mnist_nn.models import MODELS, build_model, count_parameters
+    from mnist_nn.models.networks import MODELS, build_model, count_parameters
 
     def timed(model: torch.nn.Module, bf16: bool, channels_last: bool) -> Callable[[torch.Tensor], None]:
         def call(x: torch.Tensor) -> None:
@@ -246,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from mnist_nn.errors import UserError
-    from mnist_nn.recipes import get_recipe
+    from mnist_nn.core.errors import UserError
+    from mnist_nn.training.recipes import get_recipe
 
     selected = [part for part in PARTS if not args.only or part in args.only]
     plan = {**TRAINING, **TRAINING_LAST}

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from common import default_data_dir, describe, train_cli, write_result
 
-from mnist_nn.device import configure_cpu
-from mnist_nn.models import MODELS, build_model, count_parameters
+from mnist_nn.core.device import configure_cpu
+from mnist_nn.models.networks import MODELS, build_model, count_parameters
 
 
 def images_per_second(call: Callable[[], object], batch: int, seconds: float) -> dict[str, float]:
@@ -88,8 +88,8 @@ def onnx_path(model: torch.nn.Module, threads: int) -> Callable | None:
     try:
         import onnxruntime  # noqa: F401
 
-        from mnist_nn.export import ExportModule, _onnx_bytes, onnx_session
-        from mnist_nn.predict import PixelModel
+        from mnist_nn.inference.export import ExportModule, _onnx_bytes, onnx_session
+        from mnist_nn.inference.predictor import PixelModel
     except ImportError:
         return None
     module = ExportModule(PixelModel(build_model_like(model), 0.1307, 0.3081)).eval()
@@ -99,8 +99,8 @@ def onnx_path(model: torch.nn.Module, threads: int) -> Callable | None:
 
 def export_parity(checkpoints: dict[str, Path]) -> list[dict]:
     """Export each checkpoint in every format and input type, through the exporter's own check; one row each."""
-    from mnist_nn.errors import UserError
-    from mnist_nn.export import FORMATS, INPUT_DTYPES, SUFFIXES, export_checkpoint
+    from mnist_nn.core.errors import UserError
+    from mnist_nn.inference.export import FORMATS, INPUT_DTYPES, SUFFIXES, export_checkpoint
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -132,7 +132,7 @@ def trained_checkpoints(args: argparse.Namespace, folder: Path) -> dict[str, Pat
     """The checkpoints to check: those given, else every recipe trained briefly (the CLI, as a user runs it)."""
     if args.checkpoints:
         return {str(path): Path(path) for path in args.checkpoints}
-    from mnist_nn.recipes import RECIPES
+    from mnist_nn.training.recipes import RECIPES
 
     found = {}
     for recipe in RECIPES:

@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     process = None
     workers = None
     if args.checkpoint:
-        from mnist_nn.serve.server import default_workers
+        from mnist_nn.apps.serve.server import default_workers
 
         workers = args.workers or default_workers()
         process, url = start_server(args.checkpoint, args.workers)

@@ -24,11 +24,11 @@ import numpy as np
 from common import RESULTS, write_result
 from PIL import Image
 
-from mnist_nn.bundled import DEFAULT_MODEL, bundled_name, resolve_model
-from mnist_nn.device import configure_cpu
-from mnist_nn.errors import UserError
-from mnist_nn.predict import Predictor
-from mnist_nn.preprocess import NoDigitFound
+from mnist_nn.core.device import configure_cpu
+from mnist_nn.core.errors import UserError
+from mnist_nn.inference.predictor import Predictor
+from mnist_nn.inference.preprocess import NoDigitFound
+from mnist_nn.models.bundled import DEFAULT_MODEL, bundled_name, resolve_model
 
 ENLARGED = 4
 

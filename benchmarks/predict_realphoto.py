@@ -2,7 +2,7 @@
 
     python benchmarks/predict_realphoto.py CHECKPOINT --data-dir DIR
 
-Uses the same seeded synthetic sets as the tests (mnist_nn.synthetic): 1,000 photo-like single
+Uses the same seeded synthetic sets as the tests (mnist_nn.testing.synthetic): 1,000 photo-like single
 digits in every look (thick markers, fine pens, uneven light, shadows, inverted, low resolution...,
 with the accuracy of each look and the images read wrong), 1,000 in the first, milder "classic"
 look alone, and 500 numbers of 2-6 digits made from MNIST test images. Prints the figures and
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from common import write_result
 
-from mnist_nn import synthetic
-from mnist_nn.data import load_dataset
-from mnist_nn.device import configure_cpu
-from mnist_nn.errors import UserError
-from mnist_nn.predict import Predictor
+from mnist_nn.core.device import configure_cpu
+from mnist_nn.core.errors import UserError
+from mnist_nn.data.datasets import load_dataset
+from mnist_nn.inference.predictor import Predictor
+from mnist_nn.testing import synthetic
 
 
 def throughput(run, repeats: int = 7) -> float:
@@ -113,7 +113,7 @@ def main() -> int:
     counted = float(np.mean([len(r) == len(item.label) for r, item in zip(numbers_read, numbers, strict=True)]))
     ceiling = float(np.mean([plain ** len(item.label) for item in numbers]))
 
-    from mnist_nn.export import export_checkpoint, onnx_session
+    from mnist_nn.inference.export import export_checkpoint, onnx_session
 
     batch = torch.from_numpy(images[: args.batch]).float()
     with tempfile.TemporaryDirectory() as folder:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from common import RESULTS, default_data_dir, write_result
 
-from mnist_nn.errors import UserError
+from mnist_nn.core.errors import UserError
 
 
 def time_sets(images, folder: Path) -> tuple[dict[str, float], float]:
     """Seconds to build (and cache) each corrupted set into the empty ``folder``; then to read all back."""
-    from mnist_nn.robustness import corrupted_sets
+    from mnist_nn.lab.robustness import corrupted_sets
 
     build, start = {}, time.perf_counter()
     for name, _, built, _ in corrupted_sets(images, folder):
@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from mnist_nn import plots
-    from mnist_nn.data import load_dataset
-    from mnist_nn.device import configure_cpu
-    from mnist_nn.robustness import cache_folder, robustness_figure, score_checkpoint
+    from mnist_nn.core import plots
+    from mnist_nn.core.device import configure_cpu
+    from mnist_nn.data.datasets import load_dataset
+    from mnist_nn.lab.robustness import cache_folder, robustness_figure, score_checkpoint
 
     threads = configure_cpu()
     with tempfile.TemporaryDirectory(prefix="mnist-c-bench-") as scratch:

@@ -53,9 +53,10 @@ import torch
 from IPython.display import Image, display
 
 import mnist_nn
-from mnist_nn.data import load_dataset, normalize
-from mnist_nn.evaluate import evaluate, evaluate_checkpoint
-from mnist_nn.models import build_model, count_parameters
+from mnist_nn.data.datasets import load_dataset, normalize
+from mnist_nn.models.scoring import evaluate
+from mnist_nn.inference.evaluate import evaluate_checkpoint
+from mnist_nn.models.networks import build_model, count_parameters
 
 DATA_DIR = os.environ.get("MNIST_NN_DATA")  # None: look in the cache, download if missing
 # The repository's root when Jupyter runs here in notebooks/, so runs land where the README says.
@@ -116,7 +117,7 @@ print(f"{count_parameters(model):,} parameters")""",
 - **backward**: `loss.backward()` computes the gradient of the loss for every weight;
 - **step**: `optimizer.step()` (here **Adam**) moves every weight a little against its gradient.
 
-`mnist_nn.train` runs exactly this loop over all batches, epoch after epoch (`src/mnist_nn/trainer.py`).""",
+`mnist_nn.train` runs exactly this loop over all batches, epoch after epoch (`src/mnist_nn/training/trainer.py`).""",
     ),
     (
         "code",
@@ -230,7 +231,7 @@ shows a run live in the browser).""",
     ),
     (
         "code",
-        """from mnist_nn.compare import compare_runs, format_table
+        """from mnist_nn.lab.compare import compare_runs, format_table
 
 comparison = compare_runs([run.run_dir, cnn.run_dir], out=RUNS / "compare.png")
 print(format_table(comparison))
@@ -238,7 +239,7 @@ display(Image(filename=comparison["figure"]))""",
     ),
     (
         "code",
-        """from mnist_nn.lr_find import lr_find
+        """from mnist_nn.lab.lr_find import lr_find
 
 # The loss against an exponentially growing learning rate, on training images only.
 sweep = lr_find("tutorial", steps=100, data_dir=DATA_DIR, out=RUNS / "lr-find.png")
@@ -247,7 +248,7 @@ display(Image(filename=str(RUNS / "lr-find.png")))""",
     ),
     (
         "code",
-        """from mnist_nn.inspection import inspect_checkpoint
+        """from mnist_nn.lab.inspection import inspect_checkpoint
 
 # The first layer's 128 units as 28x28 pictures, one digit's activations, a 2-D map of features.
 inside = inspect_checkpoint(run.run_dir / "model.pt", out=RUNS / "inspection", data_dir=DATA_DIR, feature_digits=500)
@@ -256,8 +257,8 @@ display(Image(filename=str(RUNS / "inspection" / "features.png")))""",
     ),
     (
         "code",
-        """from mnist_nn.explain import save_explanations
-from mnist_nn.predict import Predictor
+        """from mnist_nn.lab.explain import save_explanations
+from mnist_nn.inference.predictor import Predictor
 
 # Why this answer? The image the model saw beside each pixel's part in it (integrated gradients).
 predictor = Predictor.from_checkpoint(run.run_dir / "model.pt")

@@ -13,7 +13,7 @@ It runs the same commands a reader runs, in a scratch folder:
 and copies the run's loss.png, accuracy.png and predictions.png and the evaluation's confusion.png and
 mistakes.png into docs/images/. It also writes, from the MNIST test set, docs/images/digit.png (one digit,
 dark ink on white, as a reader would draw it) and docs/images/number.png (three digits side by side), the
-images the READMEs' `mnist-nn predict` examples read. When the web app exists (`mnist_nn.serve`) and
+images the READMEs' `mnist-nn predict` examples read. When the web app exists (`mnist_nn.apps.serve`) and
 playwright with a Chromium is installed, docs/images/web-app.png is a screenshot of its page; otherwise
 that picture is skipped with a message.
 
@@ -133,7 +133,7 @@ def write_sample_inputs(data_dir: str | None) -> None:
     import numpy as np
     from PIL import Image
 
-    from mnist_nn.data import load_dataset
+    from mnist_nn.data.datasets import load_dataset
 
     images = load_dataset("mnist", data_dir, allow_download=False).test_images
 
@@ -153,8 +153,8 @@ def free_port() -> int:
 
 def web_app_screenshot(checkpoint: Path, cwd: Path, env: dict[str, str]) -> str:
     """docs/images/web-app.png, or why not."""
-    if importlib.util.find_spec("mnist_nn.serve") is None:
-        return "skipped web-app.png: the web app (mnist_nn.serve) is not installed in this version"
+    if importlib.util.find_spec("mnist_nn.apps.serve") is None:
+        return "skipped web-app.png: the web app (mnist_nn.apps.serve) is not installed in this version"
     if importlib.util.find_spec("playwright") is None or not CHROMIUM.exists():
         return f"skipped web-app.png: needs the playwright package and {CHROMIUM}"
     from playwright.sync_api import sync_playwright

@@ -22,11 +22,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mnist_nn import train
-from mnist_nn.bundled import DEFAULT_MODEL, INDEX_NAME, PRETRAINED_DIR, BundledModel
-from mnist_nn.checkpoint import load_checkpoint
-from mnist_nn.data import load_dataset, normalize
-from mnist_nn.evaluate import evaluate
-from mnist_nn.robustness import score_checkpoint
+from mnist_nn.data.datasets import load_dataset, normalize
+from mnist_nn.lab.robustness import score_checkpoint
+from mnist_nn.models.bundled import DEFAULT_MODEL, INDEX_NAME, PRETRAINED_DIR, BundledModel
+from mnist_nn.models.checkpoint import load_checkpoint
+from mnist_nn.models.scoring import evaluate
 
 # (name, recipe, seed, description), the default first.
 MODELS = (

@@ -61,7 +61,7 @@ def toy_spec(name: str) -> dict:
 @pytest.fixture
 def toy_dataset(tmp_path: Path):
     """A registered dataset named 'toy' (no MD5 pins) with its files in a flat folder."""
-    from mnist_nn.data import DATASETS, DatasetSpec, register_dataset
+    from mnist_nn.data.datasets import DATASETS, DatasetSpec, register_dataset
 
     folder = write_idx_dataset(tmp_path / "toy", train=600, test=200)
     register_dataset(DatasetSpec(**toy_spec("toy")))
@@ -99,8 +99,8 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory) -> Path:
     """An untrained tutorial-MLP checkpoint for MNIST: no data or training needed."""
-    from mnist_nn.checkpoint import CheckpointMeta, save_checkpoint
-    from mnist_nn.models import build_model
+    from mnist_nn.models.checkpoint import CheckpointMeta, save_checkpoint
+    from mnist_nn.models.networks import build_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("random") / "model.pt"

@@ -13,7 +13,7 @@ def live_server(app) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 (a free port) until the block ends; yields the base URL."""
     import uvicorn
 
-    from mnist_nn.serve.server import bind
+    from mnist_nn.apps.serve.server import bind
 
     [sock] = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]

@@ -11,8 +11,8 @@ from PIL import Image
 
 import mnist_nn
 from conftest import REPO
-from mnist_nn.errors import UserError
-from mnist_nn.predict import Predictor
+from mnist_nn.core.errors import UserError
+from mnist_nn.inference.predictor import Predictor
 
 DIGIT = REPO / "docs" / "images" / "digit.png"
 
@@ -69,19 +69,22 @@ def test_an_unreadable_image_is_a_user_error(random_checkpoint, tmp_path):
     "first",
     [
         "import mnist_nn",
-        "from mnist_nn.predict import Predictor",
-        "import mnist_nn.predict",
+        "from mnist_nn.inference.predictor import Predictor",
+        "import mnist_nn.inference.predictor",
+        "import mnist_nn.api",
         "from mnist_nn import predict",
     ],
 )
-def test_mnist_nn_predict_is_callable_whatever_was_imported_first(first, random_checkpoint):
+def test_mnist_nn_predict_is_a_plain_function_whatever_was_imported_first(first, random_checkpoint):
+    # The Predictor's module is mnist_nn.inference.predictor: no module of the package is named predict.
     code = (
-        f"{first}\nimport mnist_nn, sys\n"
+        f"{first}\nimport inspect, mnist_nn\nimport mnist_nn.inference.predictor\n"
+        "print(inspect.isfunction(mnist_nn.predict))\n"
         f"print(mnist_nn.predict({str(DIGIT)!r}, {str(random_checkpoint)!r}).label is not None)\n"
-        "print(mnist_nn.predict.Predictor.__name__)"
+        "print(mnist_nn.Predictor is mnist_nn.inference.predictor.Predictor)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert done.stdout.split() == ["True", "Predictor"], done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True", "True"], done.stderr[-2000:]
 
 
 def test_importing_the_package_does_not_load_torch_and_training_flushes_denormals():

@@ -28,8 +28,8 @@ from fastapi.exception_handlers import request_validation_exception_handler  # n
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from schemathesis.engine import Status, events, from_schema  # noqa: E402
 
-from mnist_nn.predict import Predictor  # noqa: E402
-from mnist_nn.serve.app import create_app  # noqa: E402
+from mnist_nn.apps.serve.app import create_app  # noqa: E402
+from mnist_nn.inference.predictor import Predictor  # noqa: E402
 
 CHECKS = (
     "not_a_server_error",

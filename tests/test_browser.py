@@ -30,8 +30,8 @@ def checkpoint(request, random_checkpoint) -> tuple[Path, bool]:
 @pytest.fixture(scope="module")
 def server(checkpoint):
     from live_server import live_server
-    from mnist_nn.predict import Predictor
-    from mnist_nn.serve import create_app
+    from mnist_nn.apps.serve import create_app
+    from mnist_nn.inference.predictor import Predictor
 
     with live_server(create_app(Predictor.from_checkpoint(checkpoint[0]))) as url:
         yield url

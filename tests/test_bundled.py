@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_nn.bundled import DEFAULT_MODEL, PRETRAINED_DIR, bundled_models, resolve_model
-from mnist_nn.checkpoint import load_checkpoint
 from mnist_nn.cli import main
-from mnist_nn.data import load_dataset, normalize
-from mnist_nn.errors import UserError
-from mnist_nn.evaluate import evaluate
+from mnist_nn.core.errors import UserError
+from mnist_nn.data.datasets import load_dataset, normalize
+from mnist_nn.models.bundled import DEFAULT_MODEL, PRETRAINED_DIR, bundled_models, resolve_model
+from mnist_nn.models.checkpoint import load_checkpoint
+from mnist_nn.models.scoring import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGIT = ROOT / "docs" / "images" / "digit.png"

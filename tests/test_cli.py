@@ -210,7 +210,7 @@ def test_models_and_recipes_listings(capsys):
 
 def test_the_models_listing_read_from_source_is_the_registry():
     from mnist_nn.cli import _model_catalog
-    from mnist_nn.models import MODELS
+    from mnist_nn.models.networks import MODELS
 
     assert _model_catalog() == [(name, spec.description) for name, spec in MODELS.items()]
 

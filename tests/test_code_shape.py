@@ -23,7 +23,7 @@ def test_no_function_in_the_package_is_longer_than_80_lines():
 
 REPO = SOURCE.parents[1]
 DOCS = ("README.md", "README_Chinese.md", "docs/ARCHITECTURE.md")
-# `src/mnist_nn/trainer.py:Trainer.train_step`: a file and a function, class or method in it.
+# `src/mnist_nn/training/trainer.py:Trainer.train_step`: a file and a function, class or method in it.
 REFERENCE = re.compile(r"`(src/mnist_nn/[\w/]+\.py):([\w.]+)`")
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mnist_nn.cli import main
-from mnist_nn.compare import comparison_figure, differing_fields, read_run
+from mnist_nn.lab.compare import comparison_figure, differing_fields, read_run
 
 
 def _recipe(**changes) -> dict:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from skimage import color, transform
 
-from mnist_nn.corruptions import CORRUPTIONS, NAMES, NOT_RANDOM, corrupt, local_shuffle, plasma_fractal
-from mnist_nn.errors import UserError
+from mnist_nn.core.errors import UserError
+from mnist_nn.data.corruptions import CORRUPTIONS, NAMES, NOT_RANDOM, corrupt, local_shuffle, plasma_fractal
 
 
 def tiny_digits(count: int = 6, seed: int = 0) -> np.ndarray:

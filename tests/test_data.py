@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import idx_bytes, write_idx_dataset
-from mnist_nn.data import (
+from mnist_nn.core.errors import UserError
+from mnist_nn.data.datasets import (
     DeviceLoader,
     get_dataset_spec,
     load_dataset,
@@ -19,7 +20,6 @@ from mnist_nn.data import (
     recorded_data_dir,
     split_indices,
 )
-from mnist_nn.errors import UserError
 
 
 def test_reads_gzip_and_raw_flat_folders(tmp_path):

@@ -21,21 +21,21 @@ import pytest
 import torch
 
 from conftest import toy_spec
-from mnist_nn.checkpoint import load_train_state
 from mnist_nn.cli import main
-from mnist_nn.distributed import shard_bounds
-from mnist_nn.models import CPUSyncBatchNorm
+from mnist_nn.models.checkpoint import load_train_state
+from mnist_nn.models.networks import CPUSyncBatchNorm
+from mnist_nn.training.distributed import shard_bounds
 from test_reliability import assert_same_run
 
 TOY_SPEC = toy_spec("toy")
 # $TEST_STEP_DELAY slows every step (the schedule is read once per step) so that a test can stop a run mid-epoch.
 LAUNCHER = f"""
 import os, sys, time
-from mnist_nn.data import DatasetSpec, register_dataset
+from mnist_nn.data.datasets import DatasetSpec, register_dataset
 register_dataset(DatasetSpec(**{TOY_SPEC!r}))
 delay = float(os.environ.get("TEST_STEP_DELAY", "0"))
 if delay:
-    import mnist_nn.trainer as trainer
+    import mnist_nn.training.trainer as trainer
     real_lr_factor = trainer.lr_factor
     def slow_lr_factor(*args):
         time.sleep(delay)

@@ -310,7 +310,7 @@ def _anchor(heading: str) -> str:
 
 
 def test_parameter_counts_in_the_readmes_are_the_models_own():
-    from mnist_nn.models import build_model, count_parameters
+    from mnist_nn.models.networks import build_model, count_parameters
 
     for text in (README.read_text("utf-8"), README_CHINESE.read_text("utf-8")):
         for name in ("tutorial-mlp", "lenet5", "cnn-fast"):

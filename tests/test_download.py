@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mnist_nn.cli import main
-from mnist_nn.data import load_dataset
-from mnist_nn.errors import UserError
+from mnist_nn.core.errors import UserError
+from mnist_nn.data.datasets import load_dataset
 
 
 @pytest.fixture

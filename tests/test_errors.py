@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_nn.errors import UserError, cli_flag, option
+from mnist_nn.core.errors import UserError, cli_flag, option
 
 
 def test_an_option_renders_as_a_keyword_in_python_and_a_flag_on_the_command_line():
@@ -43,7 +43,7 @@ def test_an_option_name_is_an_identifier():
 
 
 def test_library_checks_speak_python_to_python_callers():
-    from mnist_nn.predict import check_options
+    from mnist_nn.inference.predictor import check_options
 
     with pytest.raises(UserError) as caught:
         check_options(0, 0.5, 10)

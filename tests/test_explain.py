@@ -15,9 +15,9 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from mnist_nn.cli import main
-from mnist_nn.evaluate import format_report, most_confused
-from mnist_nn.explain import attributions, normalized, save_explanations
-from mnist_nn.predict import Predictor
+from mnist_nn.inference.evaluate import format_report, most_confused
+from mnist_nn.inference.predictor import Predictor
+from mnist_nn.lab.explain import attributions, normalized, save_explanations
 
 pytest.importorskip("captum")
 
@@ -138,7 +138,7 @@ def deletion_drops(predictor: Predictor, pixels: np.ndarray, fraction: float = 0
 
 @pytest.mark.realdata
 def test_blanking_the_top_attributed_tenth_hurts_the_answer_more_than_random_pixels(trained_checkpoint, mnist_dir):
-    from mnist_nn.data import load_dataset
+    from mnist_nn.data.datasets import load_dataset
 
     splits = load_dataset("mnist", mnist_dir, allow_download=False)
     predictor = Predictor.from_checkpoint(trained_checkpoint)

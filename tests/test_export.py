@@ -8,14 +8,14 @@ import warnings
 import pytest
 import torch
 
-import mnist_nn.export as export_module
-from mnist_nn.checkpoint import CheckpointMeta, save_checkpoint
+import mnist_nn.inference.export as export_module
 from mnist_nn.cli import main
-from mnist_nn.data import load_dataset
-from mnist_nn.errors import UserError
-from mnist_nn.export import export_checkpoint, onnx_session
-from mnist_nn.models import build_model
-from mnist_nn.predict import Predictor
+from mnist_nn.core.errors import UserError
+from mnist_nn.data.datasets import load_dataset
+from mnist_nn.inference.export import export_checkpoint, onnx_session
+from mnist_nn.inference.predictor import Predictor
+from mnist_nn.models.checkpoint import CheckpointMeta, save_checkpoint
+from mnist_nn.models.networks import build_model
 
 pytest.importorskip("onnxruntime", reason="the export extra is not installed")
 

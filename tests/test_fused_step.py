@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_nn.fused_step import FusedAdamStep
-from mnist_nn.models import build_model
-from mnist_nn.prepare import make_optimizer
-from mnist_nn.recipes import Recipe
+from mnist_nn.models.networks import build_model
+from mnist_nn.training.fused_adam import FusedAdamStep
+from mnist_nn.training.recipes import Recipe
+from mnist_nn.training.run_plan import make_optimizer
 
 
 def _train(model: nn.Module, optimizer: torch.optim.Optimizer, stepper, steps: int, lr_of=None) -> list[float]:

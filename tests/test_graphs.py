@@ -16,14 +16,21 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_nn import device as device_module
-from mnist_nn.augment import augment_batch
-from mnist_nn.ema import ModelEMA
-from mnist_nn.errors import Interrupted
-from mnist_nn.graphs import CapturedStep, can_capture, ema_pairs, ema_update_, ema_weight, measure_step_seconds
-from mnist_nn.recipes import Recipe
-from mnist_nn.schedules import lr_factor
-from mnist_nn.trainer import RunOptions, Trainer, single_process_trainer, train
+from mnist_nn.core import device as device_module
+from mnist_nn.core.errors import Interrupted
+from mnist_nn.data.augment import augment_batch
+from mnist_nn.training.cuda_graph import (
+    CapturedStep,
+    can_capture,
+    ema_pairs,
+    ema_update_,
+    ema_weight,
+    measure_step_seconds,
+)
+from mnist_nn.training.ema import ModelEMA
+from mnist_nn.training.recipes import Recipe
+from mnist_nn.training.schedules import lr_factor
+from mnist_nn.training.trainer import RunOptions, Trainer, single_process_trainer, train
 
 CUDA = torch.device("cuda")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 
 import mnist_nn
-from mnist_nn.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from mnist_nn.cli import main
-from mnist_nn.data import load_dataset, normalize
-from mnist_nn.inspection import (
+from mnist_nn.data.datasets import load_dataset, normalize
+from mnist_nn.lab.inspection import (
     activation_layers,
     first_layer,
     inspect_checkpoint,
@@ -23,7 +22,8 @@ from mnist_nn.inspection import (
     silhouette,
     weights_figure,
 )
-from mnist_nn.models import build_model
+from mnist_nn.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from mnist_nn.models.networks import build_model
 
 pytest.importorskip("sklearn")
 
@@ -113,7 +113,7 @@ def test_a_cnn_shows_its_filters_and_feature_maps(toy_dataset, tmp_path):
 
 
 def test_without_scikit_learn_the_command_says_which_extra_to_install(monkeypatch, tmp_path, capsys):
-    import mnist_nn.inspection as inspection
+    import mnist_nn.lab.inspection as inspection
 
     real = inspection.find_spec
     monkeypatch.setattr(inspection, "find_spec", lambda name: None if name == "sklearn" else real(name))

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 import mnist_nn
-from mnist_nn import lr_find as lr_find_module
 from mnist_nn.cli import main
-from mnist_nn.lr_find import lr_find, make_trainer, run_sweep, smooth, suggest, sweep_lrs
+from mnist_nn.lab import lr_find as lr_find_module
+from mnist_nn.lab.lr_find import lr_find, make_trainer, run_sweep, smooth, suggest, sweep_lrs
 
 SUGGESTION = re.compile(r"^suggested learning rate: (\S+)  \(mnist-nn train --recipe (\S+) --lr (\S+)\)$", re.M)
 
@@ -86,13 +86,13 @@ def test_the_sweep_stops_at_a_nan_loss_and_keeps_the_finite_steps():
 
 
 def test_the_sweep_runs_the_recipes_own_trainer_on_training_data_only(toy_dataset, tmp_path, monkeypatch):
-    import mnist_nn.trainer
+    import mnist_nn.training.trainer
 
     def never(*args, **kwargs):
         raise AssertionError("the range test must not score the model on any held-out or test image")
 
-    monkeypatch.setattr(mnist_nn.trainer, "evaluate", never)
-    monkeypatch.setattr(mnist_nn.trainer, "model_outputs", never)
+    monkeypatch.setattr(mnist_nn.training.trainer, "evaluate", never)
+    monkeypatch.setattr(mnist_nn.training.trainer, "model_outputs", never)
     overrides = {"dataset": "toy", "model_kwargs": {"hidden": [32]}, "schedule": "onecycle", "warmup_epochs": 1}
     trainer = make_trainer("tutorial", toy_dataset, "cpu", tmp_path / "run", overrides)
     assert trainer.recipe.schedule == "constant" and not trainer.scheduled and trainer.recipe.model == "tutorial-mlp"

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_nn.errors import UserError
-from mnist_nn.models import build_model, count_parameters
-from mnist_nn.recipes import Recipe, get_recipe
-from mnist_nn.trainer import resolve_recipe
+from mnist_nn.core.errors import UserError
+from mnist_nn.models.networks import build_model, count_parameters
+from mnist_nn.training.recipes import Recipe, get_recipe
+from mnist_nn.training.trainer import resolve_recipe
 
 
 def test_tutorial_mlp_is_the_tutorials_network():
@@ -103,7 +103,7 @@ def test_bad_dataset_overrides_are_refused(overrides, message):
 
 
 def test_adam_betas_default_to_pytorchs_and_older_recipes_build_the_same_optimizer():
-    from mnist_nn.prepare import make_optimizer
+    from mnist_nn.training.run_plan import make_optimizer
 
     cpu = torch.device("cpu")
     for name in ("tutorial", "mlp-best", "cnn-fast", "cnn-best", "robust"):
@@ -120,7 +120,7 @@ def test_adam_betas_default_to_pytorchs_and_older_recipes_build_the_same_optimiz
 
 
 def test_the_speedrun_recipe_has_the_speedrun_settings_and_a_tiny_pooled_cnn():
-    from mnist_nn.prepare import make_optimizer
+    from mnist_nn.training.run_plan import make_optimizer
 
     recipe = get_recipe("cnn-speedrun")
     assert (recipe.model, recipe.epochs, recipe.batch_size, recipe.optimizer, recipe.lr) == (
@@ -140,7 +140,7 @@ def test_the_speedrun_recipe_has_the_speedrun_settings_and_a_tiny_pooled_cnn():
 def test_the_speedrun_recipe_trains_on_a_cpu(toy_dataset, tmp_path):
     import json
 
-    from mnist_nn.trainer import train
+    from mnist_nn.training.trainer import train
 
     result = train("cnn-speedrun", dataset="toy", data_dir=toy_dataset, out=tmp_path / "run", device="cpu", quiet=True)
     assert result.summary["epochs"] == 1 and result.summary["test_accuracy"] > 0.5

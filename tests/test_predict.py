@@ -11,14 +11,14 @@ import torch
 from PIL import Image, ImageDraw
 
 import mnist_nn
-from mnist_nn import synthetic
-from mnist_nn.bundled import resolve_model
-from mnist_nn.checkpoint import load_checkpoint
 from mnist_nn.cli import main
-from mnist_nn.data import load_dataset
-from mnist_nn.errors import UserError
-from mnist_nn.evaluate import zoom_views
-from mnist_nn.predict import Predictor
+from mnist_nn.core.errors import UserError
+from mnist_nn.data.datasets import load_dataset
+from mnist_nn.inference.evaluate import zoom_views
+from mnist_nn.inference.predictor import Predictor
+from mnist_nn.models.bundled import resolve_model
+from mnist_nn.models.checkpoint import load_checkpoint
+from mnist_nn.testing import synthetic
 
 
 def run_main(capsys, *argv) -> tuple[int, str, str]:

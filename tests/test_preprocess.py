@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_nn.preprocess import (
+from mnist_nn.inference.preprocess import (
     STROKE_HIGH,
     STROKE_LOW,
     ImageError,
@@ -328,7 +328,7 @@ def test_connected_components_match_a_flood_fill_on_random_masks():
 
 
 def test_median_is_numpys_to_the_bit():
-    from mnist_nn.preprocess import _median
+    from mnist_nn.inference.preprocess import _median
 
     rng = np.random.default_rng(0)
     for i in range(2000):

@@ -24,9 +24,9 @@ import pytest
 import torch
 
 from conftest import toy_spec
-from mnist_nn.checkpoint import load_checkpoint, load_train_state
 from mnist_nn.cli import main
-from mnist_nn.errors import Interrupted, UserError
+from mnist_nn.core.errors import Interrupted, UserError
+from mnist_nn.models.checkpoint import load_checkpoint, load_train_state
 
 TOY_SPEC = toy_spec("toyrel")
 # Every piece of state that must survive a resume: batch norm, dropout (the global RNG), EMA,
@@ -48,7 +48,7 @@ def toy_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def toy(toy_folder):
-    from mnist_nn.data import DATASETS, DatasetSpec, register_dataset
+    from mnist_nn.data.datasets import DATASETS, DatasetSpec, register_dataset
 
     register_dataset(DatasetSpec(**TOY_SPEC))
     yield toy_folder
@@ -65,7 +65,7 @@ def _child(argv: list[str], log_path: str, fsync_delay: float) -> None:
     sys.stdout = sys.stderr = log
     from tqdm import tqdm
 
-    from mnist_nn.data import DatasetSpec, register_dataset
+    from mnist_nn.data.datasets import DatasetSpec, register_dataset
 
     # tqdm's default lock is a named multiprocessing semaphore, which a SIGKILL leaks (a warning at exit).
     tqdm.set_lock(threading.RLock())
@@ -86,7 +86,7 @@ def _child(argv: list[str], log_path: str, fsync_delay: float) -> None:
 
 def _context():
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["mnist_nn.cli", "mnist_nn.trainer", "torchvision", __name__])
+    context.set_forkserver_preload(["mnist_nn.cli", "mnist_nn.training.trainer", "torchvision", __name__])
     return context
 
 
@@ -263,7 +263,7 @@ def test_a_second_ctrl_c_while_a_stopped_run_unwinds_still_says_how_to_resume(mo
 
 
 def test_ctrl_c_while_the_results_are_written_says_how_to_resume(toy, tmp_path, monkeypatch, capsys):
-    from mnist_nn.trainer import Trainer
+    from mnist_nn.training.trainer import Trainer
 
     def interrupted_finish(self, wall_start):
         raise KeyboardInterrupt  # Python's own SIGINT handler: the loop's were put back after the last epoch
@@ -410,7 +410,7 @@ def test_resume_refuses_other_models_datasets_versions_and_conflicting_flags(fin
 def test_disk_space_is_checked_before_training(toy, tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from mnist_nn import resume
+    from mnist_nn.training import resume
 
     monkeypatch.setattr(resume.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=10**6))
     out = tmp_path / "run"
@@ -420,7 +420,7 @@ def test_disk_space_is_checked_before_training(toy, tmp_path, monkeypatch, capsy
 
 
 def test_a_second_signal_stops_at_once():
-    from mnist_nn.resume import StopRequest
+    from mnist_nn.training.resume import StopRequest
 
     stop = StopRequest(Path("run/state.pt"), Path("run"))
     stop(signal.SIGTERM, None)

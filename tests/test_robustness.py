@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import toy_spec, write_idx_dataset
 from mnist_nn.cli import main
-from mnist_nn.corruptions import NAMES
+from mnist_nn.data.corruptions import NAMES
 
 TOY = "toy-robustness"
 
@@ -21,7 +21,7 @@ TOY = "toy-robustness"
 def toy_run(tmp_path_factory) -> tuple[Path, Path]:
     """A toy dataset of its own name (600 training and 200 test bar images) and a checkpoint trained on it."""
     import mnist_nn
-    from mnist_nn.data import DATASETS, DatasetSpec, register_dataset
+    from mnist_nn.data.datasets import DATASETS, DatasetSpec, register_dataset
 
     root = tmp_path_factory.mktemp("robustness")
     folder = write_idx_dataset(root / "data", train=600, test=200)
@@ -91,7 +91,7 @@ def test_table_grid_json_and_the_cache_reused(toy_run, cache, tmp_path, capsys):
 
 
 def test_a_damaged_cached_set_is_built_again(tmp_path):
-    from mnist_nn.robustness import corrupted_sets
+    from mnist_nn.lab.robustness import corrupted_sets
 
     images = write_idx_and_read(tmp_path)
     folder = tmp_path / "sets"
@@ -105,14 +105,14 @@ def test_a_damaged_cached_set_is_built_again(tmp_path):
 
 
 def write_idx_and_read(tmp_path: Path) -> np.ndarray:
-    from mnist_nn.data import read_split
+    from mnist_nn.data.datasets import read_split
 
     folder = write_idx_dataset(tmp_path / "toy", train=10, test=12)
     return read_split(folder, "test")[0].numpy()
 
 
 def test_the_cache_is_keyed_by_test_set_version_libraries_and_seed(monkeypatch):
-    from mnist_nn import robustness
+    from mnist_nn.lab import robustness
 
     version = robustness.CORRUPTIONS_VERSION
     folder = robustness.cache_folder("mnist", "a" * 32)
@@ -159,7 +159,7 @@ def test_bad_data_out_and_batch_size_are_one_line_errors(toy_run, cache, tmp_pat
 @pytest.mark.realdata
 def test_the_real_test_set_under_each_corruption(mnist_dir, random_checkpoint, cache):
     """The full size: 10,000 real test digits per corruption, cached as 15 .npy files of 7.8 MB."""
-    from mnist_nn.robustness import score_checkpoint
+    from mnist_nn.lab.robustness import score_checkpoint
 
     result = score_checkpoint(random_checkpoint, data_dir=mnist_dir, device="cpu")
     assert result.test_size == 10000 and result.built == list(NAMES)

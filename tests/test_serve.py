@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 
 from conftest import REPO
 from live_server import live_server
+from mnist_nn.apps.serve.app import MAX_BODY_BYTES, MAX_PIXELS, BodyLimitMiddleware, create_app
 from mnist_nn.cli import main
-from mnist_nn.predict import Predictor
-from mnist_nn.preprocess import ImageError, ImageTooLarge, load_grayscale
-from mnist_nn.serve.app import MAX_BODY_BYTES, MAX_PIXELS, BodyLimitMiddleware, create_app
+from mnist_nn.inference.predictor import Predictor
+from mnist_nn.inference.preprocess import ImageError, ImageTooLarge, load_grayscale
 
 MB = 2**20
 
@@ -115,7 +115,7 @@ def test_json_pixels_are_prepared_or_used_as_they_are(client, predictor):
 
 def test_small_requests_are_answered_on_the_loop_large_ones_in_a_thread(predictor, monkeypatch):
     """A drawing or 28x28 pixels costs less than a thread hand-off; a photo must not hold up the loop."""
-    import mnist_nn.serve.app as app_module
+    import mnist_nn.apps.serve.app as app_module
 
     handed_off = []
 
@@ -160,8 +160,8 @@ def test_the_api_and_the_cli_read_through_the_same_method(client, predictor, mon
 
 def test_explain_answers_the_map_of_the_digit_seen(client, predictor, monkeypatch):
     """explain=true adds `explanation`: explain.py's map of the answer for the pixels in `seen`, -1 to 1."""
-    import mnist_nn.serve.app as app_module
-    from mnist_nn.explain import attributions, normalized
+    import mnist_nn.apps.serve.app as app_module
+    from mnist_nn.lab.explain import attributions, normalized
 
     handed_off = []
     original_run_sync = app_module.run_sync
@@ -264,7 +264,7 @@ def test_no_request_can_make_the_server_load_a_checkpoint(client, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a request loaded a checkpoint")
 
-    monkeypatch.setattr("mnist_nn.checkpoint.load_checkpoint", refuse)
+    monkeypatch.setattr("mnist_nn.models.checkpoint.load_checkpoint", refuse)
     monkeypatch.setattr(Predictor, "from_checkpoint", refuse)
     pixels = [[0] * 28] * 28
     response = client.post("/api/predict", json={"pixels": pixels, "checkpoint": "/etc/passwd"})
@@ -279,7 +279,7 @@ def test_no_request_can_make_the_server_load_a_checkpoint(client, monkeypatch):
 
 @pytest.mark.realdata
 def test_trained_model_reads_real_mnist_digits_through_the_api(trained_checkpoint, mnist_dir):
-    from mnist_nn.data import load_dataset
+    from mnist_nn.data.datasets import load_dataset
 
     splits = load_dataset("mnist", mnist_dir, allow_download=False)
     images, labels = splits.test_images[:100].numpy(), splits.test_labels[:100].tolist()

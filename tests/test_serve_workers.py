@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 
 pytest.importorskip("fastapi")
 
+from mnist_nn.apps.serve.server import bind, default_workers, multiprocess_supported
 from mnist_nn.cli import main
-from mnist_nn.errors import UserError
-from mnist_nn.serve.server import bind, default_workers, multiprocess_supported
+from mnist_nn.core.errors import UserError
 
 pytestmark = pytest.mark.skipif(not multiprocess_supported(), reason="several workers need Linux")
 
@@ -186,7 +186,7 @@ def test_default_workers_follow_the_cpus_and_stay_1_off_the_cpu(monkeypatch):
 def test_device_auto_without_a_gpu_serves_on_several_workers(random_checkpoint, monkeypatch):
     import torch
 
-    from mnist_nn.serve import server as server_module
+    from mnist_nn.apps.serve import server as server_module
 
     started = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -201,7 +201,7 @@ def test_device_auto_without_a_gpu_serves_on_several_workers(random_checkpoint, 
 def test_warm_up_answers_each_kind_and_loads_the_format_plugins(random_checkpoint):
     """Run in a fresh interpreter: this one has long since loaded Pillow's plug-ins."""
     code = (
-        "import sys; from mnist_nn.predict import Predictor; from mnist_nn.serve.app import warm_up; "
+        "import sys; from mnist_nn.inference.predictor import Predictor; from mnist_nn.apps.serve.app import warm_up; "
         "before = 'PIL.TiffImagePlugin' in sys.modules; "
         f"statuses = warm_up(Predictor.from_checkpoint({str(random_checkpoint)!r})); "
         "print(before, 'PIL.TiffImagePlugin' in sys.modules, statuses)"

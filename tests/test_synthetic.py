@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_nn import synthetic
-from mnist_nn.synthetic import LOOKS, Look, photo, photo_set
+from mnist_nn.testing import synthetic
+from mnist_nn.testing.synthetic import LOOKS, Look, photo, photo_set
 
 
 def fake_digits(count: int = 12) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from conftest import toy_spec, write_idx_dataset
-from mnist_nn.checkpoint import (
+from mnist_nn.cli import main
+from mnist_nn.core.errors import UserError
+from mnist_nn.models.checkpoint import (
     CheckpointMeta,
     Position,
     TrainState,
@@ -20,13 +22,11 @@ from mnist_nn.checkpoint import (
     load_train_state,
     save_checkpoint,
 )
-from mnist_nn.cli import main
-from mnist_nn.distributed import Context
-from mnist_nn.errors import UserError
-from mnist_nn.evaluate import evaluate
-from mnist_nn.models import build_model
-from mnist_nn.recipes import Recipe
-from mnist_nn.trainer import RunOptions, Trainer, single_process_trainer
+from mnist_nn.models.networks import build_model
+from mnist_nn.models.scoring import evaluate
+from mnist_nn.training.distributed import Context
+from mnist_nn.training.recipes import Recipe
+from mnist_nn.training.trainer import RunOptions, Trainer, single_process_trainer
 
 OLD_RUNS = Path(__file__).resolve().parent / "data" / "ff70448"
 
@@ -188,7 +188,7 @@ def test_evaluation_is_the_same_on_one_and_two_processes(tmp_path):
 
 @pytest.fixture
 def compat_dataset(tmp_path):
-    from mnist_nn.data import DATASETS, DatasetSpec, register_dataset
+    from mnist_nn.data.datasets import DATASETS, DatasetSpec, register_dataset
 
     folder = write_idx_dataset(tmp_path / "toy", train=600, test=200)
     register_dataset(DatasetSpec(**toy_spec("toy-compat")))
@@ -249,7 +249,7 @@ def test_batch_losses_and_sample_predictions_are_recorded_and_survive_a_resume(t
     # Stopped by SIGINT in epoch 2 (after a save every 5 steps), then resumed: the same files.
     import signal
 
-    import mnist_nn.trainer as trainer
+    import mnist_nn.training.trainer as trainer
 
     real, calls = trainer.lr_factor, [0]
 

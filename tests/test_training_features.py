@@ -11,18 +11,18 @@ import shutil
 import pytest
 import torch
 
-from mnist_nn.augment import Augmentation, augment_batch
 from mnist_nn.cli import main
-from mnist_nn.device import resolve_precision
-from mnist_nn.evaluate import (
+from mnist_nn.core.device import resolve_precision
+from mnist_nn.data.augment import Augmentation, augment_batch
+from mnist_nn.inference.evaluate import (
     average_log_probabilities,
     evaluation_from_log_probabilities,
     predict_log_probabilities,
     shifted_views,
 )
-from mnist_nn.models import MODELS, build_model, count_parameters
-from mnist_nn.recipes import RECIPES
-from mnist_nn.schedules import lr_factor
+from mnist_nn.models.networks import MODELS, build_model, count_parameters
+from mnist_nn.training.recipes import RECIPES
+from mnist_nn.training.schedules import lr_factor
 
 EXPECTED_PARAMETERS = {
     "tutorial-mlp": 175_306,
@@ -240,7 +240,7 @@ def test_tensorboard_logs_metrics_lr_and_predictions(tmp_path, toy_dataset):
 
 
 def test_ema_follows_the_weights_with_a_warm_up():
-    from mnist_nn.ema import ModelEMA
+    from mnist_nn.training.ema import ModelEMA
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     ema = ModelEMA(model, decay=0.99)

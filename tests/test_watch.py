@@ -17,10 +17,10 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from conftest import REPO, toy_spec, write_idx_dataset
+from mnist_nn.apps.watch import check_run_dir
+from mnist_nn.apps.watch.app import PAGE_CSP, STATIC, create_app
+from mnist_nn.apps.watch.runs import parse_json_lines, run_labels
 from mnist_nn.cli import main
-from mnist_nn.watch import check_run_dir
-from mnist_nn.watch.app import PAGE_CSP, STATIC, create_app
-from mnist_nn.watch.runs import parse_json_lines, run_labels
 
 TRAIN_SIZE, BATCH_SIZE, LOG_EVERY = 1000, 100, 5  # 10 batches an epoch, a point every 5
 
@@ -221,7 +221,7 @@ def test_values_json_cannot_carry_are_sent_as_null(tmp_path):
 
 
 def test_a_folder_that_cannot_be_read_is_a_status(tmp_path, monkeypatch):
-    from mnist_nn.watch import runs
+    from mnist_nn.apps.watch import runs
 
     folder = write_run(tmp_path / "run")
 
@@ -317,7 +317,7 @@ def test_the_package_data_ships_every_static_file():
     """A wheel holds the page only if pyproject's package-data names its files."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
-        "mnist_nn.watch"
+        "mnist_nn.apps.watch"
     ]
     package = STATIC.parent
     for path in STATIC.rglob("*"):
@@ -368,7 +368,7 @@ def test_check_run_dir_accepts_run_directories_and_empty_folders(tmp_path):
 
 
 def test_watch_and_train_watch_name_their_port_when_it_is_taken(tmp_path, capsys):
-    from mnist_nn.watch import bind
+    from mnist_nn.apps.watch import bind
 
     folder = write_run(tmp_path / "run")
     with bind("127.0.0.1", 0) as taken:
@@ -411,7 +411,7 @@ def test_train_watch_serves_the_run_and_keeps_its_page_until_ctrl_c(tmp_path):
 
     data = write_idx_dataset(tmp_path / "toy", train=600, test=200)
     script = (
-        "import sys\nfrom mnist_nn.data import DatasetSpec, register_dataset\n"
+        "import sys\nfrom mnist_nn.data.datasets import DatasetSpec, register_dataset\n"
         f"register_dataset(DatasetSpec(**{toy_spec('toy')!r}))\n"
         "from mnist_nn.cli import main\nsys.exit(main(sys.argv[1:]))"
     )

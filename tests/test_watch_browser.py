@@ -39,7 +39,7 @@ def recipe(tmp_path_factory) -> Iterator[dict]:
     if found is not None:
         yield {"data_dir": found, "batch_size": 500, "log_every": 10, "points_per_epoch": 12}
         return
-    from mnist_nn.data import DATASETS, DatasetSpec, register_dataset
+    from mnist_nn.data.datasets import DATASETS, DatasetSpec, register_dataset
 
     folder = write_idx_dataset(tmp_path_factory.mktemp("toy") / "toy", train=600, test=200)
     register_dataset(DatasetSpec(**toy_spec("toy")))
@@ -80,7 +80,7 @@ class Training:
 
 def hold_after_each_epoch(monkeypatch) -> threading.Semaphore:
     """A semaphore the training loop takes after each epoch's metrics line (its samples are written before it)."""
-    from mnist_nn.report import RunReport
+    from mnist_nn.training.report import RunReport
 
     allowed = threading.Semaphore(0)
     record = RunReport.record

@@ -18,14 +18,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from mnist_nn.core.errors import UserError
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-    from .checkpoint import Checkpoint
-    from .predict import Predictor
+    from mnist_nn.inference.predictor import Predictor
+    from mnist_nn.models.checkpoint import Checkpoint
 
     ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -95,8 +95,8 @@ def _is_array(value: object) -> bool:
 
 
 def _predictor(checkpoint: Any, device: str) -> Predictor:
-    from .checkpoint import Checkpoint
-    from .predict import Predictor
+    from mnist_nn.inference.predictor import Predictor
+    from mnist_nn.models.checkpoint import Checkpoint
 
     if isinstance(checkpoint, Predictor):
         return checkpoint
@@ -104,7 +104,7 @@ def _predictor(checkpoint: Any, device: str) -> Predictor:
         return Predictor.from_loaded(checkpoint)
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise UserError(f"checkpoint: expected a model.pt path, a Checkpoint or a Predictor, got {checkpoint!r}")
-    from .bundled import resolve_model
+    from mnist_nn.models.bundled import resolve_model
 
     path = resolve_model(checkpoint).resolve()
     stamp = path.stat().st_mtime_ns if path.is_file() else 0
@@ -114,6 +114,6 @@ def _predictor(checkpoint: Any, device: str) -> Predictor:
 @lru_cache(maxsize=4)
 def _cached_predictor(path: Path, stamp: int, device: str) -> Predictor:
     """One Predictor per checkpoint file (and version of it: ``stamp`` is its mtime): calls in a loop load it once."""
-    from .predict import Predictor
+    from mnist_nn.inference.predictor import Predictor
 
     return Predictor.from_checkpoint(path, device=device)

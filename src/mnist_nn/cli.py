@@ -20,9 +20,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NoReturn
 
-from .device import DEVICE_CHOICES
-from .errors import Interrupted, UserError
-from .version import __version__
+from mnist_nn.core.device import DEVICE_CHOICES
+from mnist_nn.core.errors import Interrupted, UserError
+from mnist_nn.core.version import __version__
 
 # Library options whose flag is not `--` + the Python name with dashes (errors.option, errors.cli_flag).
 FLAGS = {"fmt": "--format", "compile_model": "--compile", "allow_download": "--download"}
@@ -54,7 +54,7 @@ def _add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 def _chosen_model(model: str | None, checkpoint: str | None) -> Path:
     """The checkpoint file a command uses: --model, else the positional CHECKPOINT, else the bundled default."""
-    from .bundled import resolve_model
+    from mnist_nn.models.bundled import resolve_model
 
     if model is not None and checkpoint is not None:
         raise UserError(f"two models given ({checkpoint} and --model {model}): give one")
@@ -63,7 +63,7 @@ def _chosen_model(model: str | None, checkpoint: str | None) -> Path:
 
 def _split_model_and_images(model: str | None, paths: list[str]) -> tuple[Path, list[str]]:
     """``predict [CHECKPOINT] IMAGE...``: the first path is the checkpoint when it looks like one."""
-    from .bundled import looks_like_model
+    from mnist_nn.models.bundled import looks_like_model
 
     if model is None and paths and looks_like_model(paths[0]):
         if len(paths) == 1:
@@ -137,14 +137,14 @@ NOT_FLAGS = ("name", "description", "dataset_overrides")
 
 
 def _recipe_fields() -> list[str]:
-    from .recipes import Recipe
+    from mnist_nn.training.recipes import Recipe
 
     return [f.name for f in fields(Recipe) if f.name not in NOT_FLAGS]
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per Recipe field (--batch-size for batch_size, ...): the recipe is the single source of truth."""
-    from .recipes import Recipe
+    from mnist_nn.training.recipes import Recipe
 
     parsers = {"int": int, "float": float, "str": str, "dict[str, Any]": _json_object}
     group = parser.add_argument_group("recipe overrides (default: the recipe's value; see `mnist-nn recipes`)")
@@ -235,11 +235,11 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     if args.recipe is not None and args.resume is None:
-        from .recipes import get_recipe
+        from mnist_nn.training.recipes import get_recipe
 
         get_recipe(args.recipe)  # a mistyped name is refused before torch loads (seconds)
-    from .distributed import PeerFailed, env_rank
-    from .trainer import RunOptions, train
+    from mnist_nn.training.distributed import PeerFailed, env_rank
+    from mnist_nn.training.trainer import RunOptions, train
 
     overrides = {name: getattr(args, name) for name in _recipe_fields()}
     # Under torchrun rank 0 reports errors and interruptions; another rank stays quiet about what rank 0
@@ -268,10 +268,10 @@ def _watching(args: argparse.Namespace, rank: int, given: dict) -> contextlib.Ab
     if not args.watch or rank:
         return contextlib.nullcontext()
     _require_serve_extra("train --watch")
-    from .watch import beside_training
+    from mnist_nn.apps.watch import beside_training
 
     if given.get("out") is None and given.get("resume") is None:
-        from .prepare import default_run_dir
+        from mnist_nn.training.run_plan import default_run_dir
 
         given["out"] = str(default_run_dir())  # the page must know the folder before the run makes it
     return beside_training(given["resume"] or given["out"], port=args.watch_port)
@@ -297,7 +297,7 @@ def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_checkpoint, format_report
+    from mnist_nn.inference.evaluate import evaluate_checkpoint, format_report
 
     data_dir = args.data_dir
     if data_dir is None and not os.environ.get("MNIST_NN_DATA"):
@@ -312,7 +312,7 @@ def _recorded_data_dir(checkpoints: Sequence[str]) -> str | None:
 
     Without it, a run trained with --data-dir would be evaluated from the cache, or a download.
     """
-    from .data import recorded_data_dir
+    from mnist_nn.data.datasets import recorded_data_dir
 
     folder, note = recorded_data_dir(checkpoints[0])
     if note:
@@ -327,7 +327,7 @@ def _data_arguments(data: argparse.ArgumentParser) -> None:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from .data import get_dataset_spec, load_dataset, locate, not_found_message
+    from mnist_nn.data.datasets import get_dataset_spec, load_dataset, locate, not_found_message
 
     spec = get_dataset_spec(args.dataset)
     if not args.download and locate(spec, args.data_dir) is None:
@@ -358,7 +358,7 @@ def _models_arguments(models: argparse.ArgumentParser) -> None:
 
 def _models(args: argparse.Namespace) -> int:
     if args.pretrained:
-        from .bundled import DEFAULT_MODEL, bundled_models
+        from mnist_nn.models.bundled import DEFAULT_MODEL, bundled_models
 
         print(f"{'name':<10} {'recipe':<10} {'parameters':>10} {'MNIST':>7} {'MNIST-C':>8}  description")
         for name, model in bundled_models().items():
@@ -369,7 +369,7 @@ def _models(args: argparse.Namespace) -> int:
             )
         return 0
     if args.parameters:
-        from .models import MODELS, build_model, count_parameters
+        from mnist_nn.models.networks import MODELS, build_model, count_parameters
 
         for name, spec in MODELS.items():
             print(f"{name:<16} {count_parameters(build_model(name)):>10,}  {spec.description}")
@@ -400,7 +400,7 @@ def _model_catalog() -> list[tuple[str, str]]:
 
 
 def _recipes(args: argparse.Namespace) -> int:
-    from .recipes import RECIPES
+    from mnist_nn.training.recipes import RECIPES
 
     for name, recipe in RECIPES.items():
         print(f"{name:<12} {recipe.description}")
@@ -450,9 +450,9 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .fsutil import ensure_writable_dir
-    from .predict import Predictor, check_options, format_table
-    from .preprocess import DEFAULT_MAX_PIXELS
+    from mnist_nn.core.fsutil import ensure_writable_dir
+    from mnist_nn.inference.predictor import Predictor, check_options, format_table
+    from mnist_nn.inference.preprocess import DEFAULT_MAX_PIXELS
 
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
     check_options(args.top_k, args.threshold, max_pixels)
@@ -463,11 +463,12 @@ def _predict(args: argparse.Namespace) -> int:
     if args.multi and predictor.metadata["dataset"] != "mnist":
         raise UserError(f"--multi reads handwritten numbers; this checkpoint is for {predictor.metadata['dataset']}")
     save_dir = ensure_writable_dir(args.save_preprocessed) if args.save_preprocessed else None
-    explain_dir = None
+    explain_dir = explainer = None
     if args.explain:
-        from .explain import require_captum
+        from mnist_nn.lab.explain import require_captum, save_explanations
 
         require_captum()
+        explainer = save_explanations
         explain_dir = ensure_writable_dir(args.explain)
         if save_dir is not None and explain_dir.resolve() == save_dir.resolve():
             raise UserError("--explain and --save-preprocessed write files of the same names: give them two folders")
@@ -475,6 +476,7 @@ def _predict(args: argparse.Namespace) -> int:
         args.paths,
         save_dir=save_dir,
         explain_dir=explain_dir,
+        explainer=explainer,
         preprocess=not args.no_preprocess,
         multi=args.multi,
         top_k=args.top_k,
@@ -507,7 +509,7 @@ def _export_arguments(export: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_checkpoint
+    from mnist_nn.inference.export import export_checkpoint
 
     report = export_checkpoint(args.checkpoint, fmt=args.format, out=args.out, input_dtype=args.input_dtype)
     if args.json:
@@ -556,7 +558,7 @@ def _require_serve_extra(command: str) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     _require_serve_extra("serve")
-    from .serve import run
+    from mnist_nn.apps.serve import run
 
     checkpoint = _chosen_model(args.model, args.checkpoint)
     run(checkpoint, host=args.host, port=args.port, device=args.device, workers=args.workers)
@@ -575,7 +577,7 @@ def _compare_arguments(compare: argparse.ArgumentParser) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare_runs, format_table
+    from mnist_nn.lab.compare import compare_runs, format_table
 
     report = compare_runs(args.runs, out=args.out)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
@@ -599,7 +601,7 @@ def _inspect_arguments(inspect: argparse.ArgumentParser) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .inspection import format_report, inspect_checkpoint, require_scikit_learn
+    from mnist_nn.lab.inspection import format_report, inspect_checkpoint, require_scikit_learn
 
     require_scikit_learn()  # before loading anything: the feature map needs it
     data_dir = args.data_dir
@@ -626,10 +628,10 @@ def _lr_find_arguments(lr_find: argparse.ArgumentParser) -> None:
 
 
 def _lr_find(args: argparse.Namespace) -> int:
-    from .recipes import get_recipe
+    from mnist_nn.training.recipes import get_recipe
 
     get_recipe(args.recipe)  # a mistyped name is refused before torch loads
-    from .lr_find import check_range, format_result, lr_find
+    from mnist_nn.lab.lr_find import check_range, format_result, lr_find
 
     check_range(args.start, args.end, args.steps)
     result = lr_find(
@@ -654,7 +656,7 @@ def _watch_arguments(watch: argparse.ArgumentParser) -> None:
 
 def _watch(args: argparse.Namespace) -> int:
     _require_serve_extra("watch")
-    from .watch import run
+    from mnist_nn.apps.watch import run
 
     run(args.runs, host=args.host, port=args.port)
     return 0
@@ -690,8 +692,8 @@ def _robustness_arguments(robustness: argparse.ArgumentParser) -> None:
 
 
 def _robustness(args: argparse.Namespace) -> int:
-    from .bundled import PRETRAINED_DIR
-    from .robustness import format_report, robustness_report
+    from mnist_nn.lab.robustness import format_report, robustness_report
+    from mnist_nn.models.bundled import PRETRAINED_DIR
 
     checkpoint = _chosen_model(args.model, args.checkpoint)
     out = args.out

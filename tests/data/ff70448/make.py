@@ -14,10 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import mnist_nn.trainer as trainer
+import mnist_nn.training.trainer as trainer
 from conftest import toy_spec, write_idx_dataset
-from mnist_nn.data import DatasetSpec, register_dataset
-from mnist_nn.errors import Interrupted
+from mnist_nn.core.errors import Interrupted
+from mnist_nn.data.datasets import DatasetSpec, register_dataset
 
 HERE = Path(__file__).resolve().parent
 ARGS = dict(

@@ -1,0 +1,393 @@
+"""Reading run directories while they change: what ``mnist-nn watch`` shows, as plain JSON-ready dicts.
+
+A run directory is written by ``mnist-nn train`` as it goes (see ``report.py``): ``config.json``
+first, then a line in ``batches.jsonl`` every ``log_every`` batches, a line in ``metrics.jsonl``
+and a new ``samples.json`` after each epoch, and ``summary.json`` at the very end. A resumed run
+rewrites ``metrics.jsonl`` and ``batches.jsonl`` to its saved state and appends again.
+
+So everything here is read as if it could be half-written or rewritten under us: a JSON-lines
+file's last line without its newline is still being written and is left for the next read, a
+line that is not a valid row is skipped and counted, and a file that cannot be read at all is
+a problem named in the run's status, never an exception. Nothing here imports torch: a viewer
+starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mnist_nn.core.errors import UserError
+
+log = logging.getLogger("mnist_nn.watch")
+
+CONFIG, METRICS, BATCHES = "config.json", "metrics.jsonl", "batches.jsonl"
+SAMPLES, SUMMARY = "samples.json", "summary.json"
+WATCHED = (CONFIG, METRICS, BATCHES, SAMPLES, SUMMARY)
+# Any of these marks a folder as a run directory (a run stopped before its first epoch has only some).
+RUN_FILES = (*WATCHED, "state.pt", "model.pt")
+# A file this large is no run's log: it is not read into memory every second.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+DIGIT_PIXELS = 28 * 28
+
+
+def check_run_dir(path: str | os.PathLike) -> Path:
+    """A folder that can be watched: a run directory, or an empty folder a run is about to fill.
+
+    Anything else (a missing path, a file, a folder of other things) is a one-line UserError, so
+    that a mistyped path is caught before a page is served that would wait for it forever.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist: pass a run directory written by `mnist-nn train` (e.g. runs/...)")
+    if not path.is_dir():
+        raise UserError(f"{path} is a file, not a run directory: pass the folder that holds config.json")
+    try:
+        # Dotfiles are the trainer's temporary files (a write test, an atomic write in progress).
+        entries = [entry for entry in path.iterdir() if not entry.name.startswith(".")]
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if not entries or any((path / name).exists() for name in RUN_FILES):
+        return path
+    runs = sorted(entry.name for entry in entries if entry.is_dir() and (entry / CONFIG).exists())
+    hint = ""
+    if runs:
+        hint = f"; it holds run directories ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}): pass those"
+    raise UserError(f"{path} is not a run directory (no config.json, metrics.jsonl or state.pt in it){hint}")
+
+
+def run_labels(paths: Sequence[Path]) -> list[str]:
+    """A short, distinct label per run: its folder's name, with as many parent folders as it takes."""
+    parts = [Path(os.path.abspath(path)).parts for path in paths]
+    depth = 1
+    while depth < max(len(p) for p in parts):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+        depth += 1
+    return [str(path) for path in paths]
+
+
+class FileCache:
+    """Parses a file again only when its identity, size or modification time changed."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+
+    @staticmethod
+    def stamp(path: Path) -> tuple[int, int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    def get(self, path: Path, parse: Callable[[bytes], Any]) -> Any:
+        """``parse(bytes)`` of the file, from the cache while it is unchanged; None when it is missing.
+
+        Raises OSError or ValueError for a file that cannot be read or parsed.
+        """
+        stamp = self.stamp(path)
+        if stamp is None:
+            self._entries.pop(path, None)
+            return None
+        cached = self._entries.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        if stamp[1] > MAX_FILE_BYTES:
+            raise ValueError(f"{stamp[1]:,} bytes, more than a run writes: not read")
+        value = parse(path.read_bytes())
+        self._entries[path] = (stamp, value)
+        return value
+
+
+def parse_json_lines(data: bytes) -> tuple[list[Any], int]:
+    """The complete lines' JSON values, and how many complete lines were not JSON.
+
+    The text after the last newline is a line still being written: it is left for the next read.
+    """
+    complete = data[: data.rfind(b"\n") + 1]
+    rows, bad = [], 0
+    for line in complete.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except (ValueError, RecursionError):
+            bad += 1
+    return rows, bad
+
+
+def number(value: Any) -> float | None:
+    """A finite number as a float; None for anything else (JSON has no NaN, and a page cannot plot text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def whole(value: Any) -> int | None:
+    """A non-negative integer, or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def train_series(rows: list[Any], per_epoch: int | None) -> tuple[dict[str, list], int]:
+    """batches.jsonl as the points to plot: x in epochs (epoch 2, batch 469 of 938: 1.5); and rows skipped."""
+    points: dict[float, tuple[int | None, float]] = {}
+    skipped = 0
+    valid = []
+    for row in rows:
+        fields = row if isinstance(row, dict) else {}
+        epoch, batch, loss = whole(fields.get("epoch")), whole(fields.get("batch")), number(fields.get("train_loss"))
+        if not epoch or not batch or loss is None:
+            skipped += 1
+            continue
+        valid.append((epoch, batch, whole(fields.get("step")), loss))
+    # Without config.json the epoch's length is unknown: the longest epoch seen stands in for it.
+    per_epoch = per_epoch or max((batch for _, batch, _, _ in valid), default=1)
+    for epoch, batch, step, loss in valid:
+        points[round(epoch - 1 + min(batch, per_epoch) / per_epoch, 6)] = (step, loss)
+    xs = sorted(points)
+    return {"x": xs, "step": [points[x][0] for x in xs], "loss": [points[x][1] for x in xs]}, skipped
+
+
+def eval_series(rows: list[Any]) -> tuple[dict[str, Any], int]:
+    """metrics.jsonl as one value per epoch (the last line of an epoch counts); and rows skipped."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    skipped = 0
+    for row in rows:
+        epoch = whole(row.get("epoch")) if isinstance(row, dict) else None
+        if not epoch:
+            skipped += 1
+            continue
+        by_epoch[epoch] = row
+    epochs = sorted(by_epoch)
+    split = by_epoch[epochs[-1]].get("eval_split") if epochs else None
+
+    def column(key: str) -> list[float | None]:
+        return [number(by_epoch[epoch].get(key)) for epoch in epochs]
+
+    series = {
+        "split": split if isinstance(split, str) else None,
+        "epoch": epochs,
+        "train_loss": column("train_loss"),
+        "loss": column("eval_loss"),
+        "accuracy": column("eval_accuracy"),
+        "seconds": column("epoch_seconds"),
+    }
+    return series, skipped
+
+
+def latest_samples(data: bytes) -> dict[str, Any]:
+    """samples.json reduced to what the page draws: the digits and the latest epoch's answers.
+
+    The pixels come flat, 784 integers 0-255 per digit. Raises ValueError for any other shape.
+    """
+    samples = json.loads(data)
+    labels, pixels, epochs = samples["labels"], samples["pixels"], samples.get("epochs", [])
+    if not (isinstance(labels, list) and isinstance(pixels, list) and isinstance(epochs, list)):
+        raise ValueError("labels, pixels and epochs must be lists")
+    if len(pixels) != len(labels) or any(whole(label) is None for label in labels):
+        raise ValueError("one label per digit, each a class number")
+    flat = []
+    for digit in pixels:
+        values = [number(v) for row in digit for v in row] if isinstance(digit, list) else []
+        if len(values) != DIGIT_PIXELS or any(v is None for v in values):
+            raise ValueError("each digit must be 28 rows of 28 numbers")
+        flat.append([min(255, max(0, round(v))) for v in values])
+    answers = [e for e in epochs if isinstance(e, dict) and whole(e.get("epoch"))]
+    latest = max(answers, key=lambda e: e["epoch"], default=None)
+    predictions = confidences = None
+    if latest is not None:
+        predictions = [whole(p) for p in latest.get("predictions", [])]
+        confidences = [number(c) for c in latest.get("confidences", [])]
+        if len(predictions) != len(labels) or len(confidences) != len(labels):
+            raise ValueError(f"epoch {latest['epoch']}: one prediction and one confidence per digit")
+    return {
+        "epoch": latest["epoch"] if latest is not None else None,
+        "labels": labels,
+        "predictions": predictions,
+        "confidences": confidences,
+        "pixels": flat,
+    }
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg}, line {exc.lineno})"
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r} field"
+    return str(exc) or type(exc).__name__
+
+
+class RunView:
+    """One watched run directory: its files, read again only when they change, as one JSON-ready dict."""
+
+    def __init__(self, path: Path, label: str) -> None:
+        self.path = path
+        self.label = label
+        self.cache = FileCache()
+
+    def stamps(self) -> list[tuple[int, int, int] | None]:
+        """What identifies the state of the run's files (their inode, size and modification time)."""
+        return [self.cache.stamp(self.path / name) for name in WATCHED]
+
+    def _read(self, name: str, parse: Callable[[bytes], Any], problems: list[str]) -> Any:
+        try:
+            return self.cache.get(self.path / name, parse)
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            problems.append(f"{name}: {_reason(exc)}")
+            return None
+
+    def _lines(self, name: str, problems: list[str]) -> list[Any]:
+        parsed = self._read(name, parse_json_lines, problems)
+        rows, bad = parsed if parsed is not None else ([], 0)
+        if bad:
+            problems.append(f"{name}: {bad} line{'s' if bad > 1 else ''} not JSON, skipped")
+        return rows
+
+    def snapshot(self) -> dict[str, Any]:
+        """The run as the page shows it; a missing or unreadable file is a status or a problem, never an error."""
+        problems: list[str] = []
+        view: dict[str, Any] = {"name": self.label, "path": str(self.path), "problems": problems}
+        if not self.path.is_dir():
+            return {**view, **_waiting("the folder does not exist yet")}
+        config = self._read(CONFIG, _json_object, problems)
+        if config is None and not problems:
+            return {**view, **_waiting("no config.json yet")}
+        config = config or {}
+        recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
+        distributed = config.get("distributed") if isinstance(config.get("distributed"), dict) else {}
+        per_epoch = _batches_per_epoch(data.get("train_size"), recipe.get("batch_size"))
+        train, skipped_train = train_series(self._lines(BATCHES, problems), per_epoch)
+        evals, skipped_eval = eval_series(self._lines(METRICS, problems))
+        for name, skipped in ((BATCHES, skipped_train), (METRICS, skipped_eval)):
+            if skipped:
+                rows = f"{skipped} row{'s' if skipped > 1 else ''}"
+                problems.append(f"{name}: {rows} without the expected fields, skipped")
+        summary = self._read(SUMMARY, _json_object, problems)
+        view.update(
+            recipe=recipe.get("name") if isinstance(recipe.get("name"), str) else None,
+            model=recipe.get("model") if isinstance(recipe.get("model"), str) else None,
+            dataset=data.get("dataset") if isinstance(data.get("dataset"), str) else None,
+            parameters=whole(config.get("parameters")),
+            processes=whole(distributed.get("world_size")) or 1,
+            batches_per_epoch=per_epoch,
+            log_every=whole(recipe.get("log_every")),
+            train=train,
+            eval=evals,
+            samples=self._read(SAMPLES, latest_samples, problems),
+            summary=_summary(summary),
+            modified=self._modified(),
+        )
+        view.update(progress(whole(recipe.get("epochs")), evals, train, view["summary"]))
+        return view
+
+    def _modified(self) -> float | None:
+        times = []
+        for name in WATCHED:
+            try:
+                times.append((self.path / name).stat().st_mtime)
+            except OSError:
+                continue
+        return max(times, default=None)
+
+
+def _waiting(why: str) -> dict[str, Any]:
+    return {"status": "waiting", "message": f"waiting for the run to start ({why})", "train": None, "eval": None}
+
+
+def _batches_per_epoch(train_size: Any, batch_size: Any) -> int | None:
+    train_size, batch_size = whole(train_size), whole(batch_size)
+    return -(-train_size // batch_size) if train_size and batch_size else None
+
+
+def _summary(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The figures of summary.json the page shows; None until it is there with a test accuracy."""
+    if summary is None or number(summary.get("test_accuracy")) is None:
+        return None
+    return {
+        "test_accuracy": number(summary.get("test_accuracy")),
+        "test_loss": number(summary.get("test_loss")),
+        "train_seconds": number(summary.get("train_seconds")),
+        "epochs": whole(summary.get("epochs")),
+        "selected_epoch": whole(summary.get("selected_epoch")),
+    }
+
+
+def progress(
+    total: int | None, evals: dict[str, Any], train: dict[str, list], summary: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Where the run is: its status, the epoch it is on (or ended at) of ``total``, and a line saying so."""
+    done = evals["epoch"][-1] if evals["epoch"] else 0
+    if summary is not None:
+        epoch = summary["epochs"] or done
+        accuracy = f"test accuracy {100 * summary['test_accuracy']:.2f}%"
+        early = f" (stopped early: {total} planned)" if total and epoch and epoch < total else ""
+        return {
+            "status": "finished",
+            "epoch": epoch,
+            "epochs": total,
+            "done": done,
+            "message": f"finished after {epoch} epoch{'s' if epoch != 1 else ''}{early}: {accuracy}",
+        }
+    # The epoch in progress: the one after the last scored, or a later one that already logged batches.
+    training = math.ceil(train["x"][-1]) if train["x"] else 0
+    epoch = max(done + 1, training)
+    if total:
+        epoch = min(epoch, total)
+    if total and done >= total:
+        message = f"all {total} epochs trained: scoring the test set"
+    else:
+        message = f"training epoch {epoch}" + (f" of {total}" if total else "")
+    return {"status": "training", "epoch": epoch, "epochs": total, "done": done, "message": message}
+
+
+class Watcher:
+    """The watched runs, and a version that changes whenever any of their files does."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
+        # The same folder named twice (runs/a, runs/a/) is watched once.
+        unique = list(dict.fromkeys(Path(os.path.abspath(path)) for path in paths))
+        self.runs = [RunView(path, label) for path, label in zip(unique, run_labels(unique), strict=True)]
+
+    def version(self) -> str:
+        stamps = [(run.path.is_dir(), run.stamps()) for run in self.runs]
+        return hashlib.sha1(repr(stamps).encode()).hexdigest()[:16]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [_safe_snapshot(run) for run in self.runs]
+
+
+def _safe_snapshot(run: RunView) -> dict[str, Any]:
+    """A run's snapshot; a fault in reading one run is its status, not a failed page (and it is logged)."""
+    try:
+        return run.snapshot()
+    except Exception as exc:  # files written by anything: no content may take the page down
+        log.error("cannot read run %s", run.path, exc_info=exc)
+        message = f"cannot read this run: {type(exc).__name__}: {exc}"
+        return {
+            "name": run.label,
+            "path": str(run.path),
+            "status": "unreadable",
+            "message": message,
+            "train": None,
+            "eval": None,
+            "problems": [message],
+        }

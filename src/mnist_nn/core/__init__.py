@@ -1,0 +1,1 @@
+"""Errors, atomic writes, registries, device choice, headless figures and the version: what every room uses."""

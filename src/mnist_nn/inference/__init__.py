@@ -1,0 +1,1 @@
+"""Reading digits: image preprocessing, the Predictor, evaluation of a checkpoint, export."""
