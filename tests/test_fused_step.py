@@ -96,3 +96,50 @@ def test_sgd_and_non_fused_optimizers_are_left_to_torch():
     assert not FusedAdamStep(sgd).lean
     assert not FusedAdamStep(torch.optim.Adam(model.parameters(), fused=False)).lean
     assert not FusedAdamStep(torch.optim.Adam(model.parameters(), fused=True, amsgrad=True)).lean
+
+
+@pytest.mark.parametrize(
+    ("missing", "reason"),
+    [
+        ("_fused_adamw_", "torch._fused_adamw_ is missing"),
+        ("_foreach_add_", "torch._foreach_add_ is missing"),
+    ],
+)
+def test_a_pytorch_without_the_private_kernel_gets_the_optimizers_own_step(monkeypatch, missing, reason):
+    # As on a PyTorch release that renamed or dropped the private kernel: the stepper must not call it.
+    monkeypatch.delattr(torch, missing)
+    recipe = Recipe(name="t", description="", model="mlp", model_kwargs={"hidden": [16]}, optimizer="adamw", lr=3e-3)
+    torch.manual_seed(0)
+    reference = build_model("mlp", hidden=[16])
+    fallback = copy.deepcopy(reference)
+    ref_opt = make_optimizer(recipe, reference, torch.device("cpu"))
+    fallback_opt = make_optimizer(recipe, fallback, torch.device("cpu"))
+    stepper = FusedAdamStep(fallback_opt)
+    assert not stepper.lean and stepper.unavailable == reason
+    # torch.optim's own fused step calls the same kernels: put them back, so that the fallback can run.
+    monkeypatch.undo()
+    assert not stepper.lean  # decided once, when the run starts
+    assert _train(fallback, fallback_opt, stepper, 4) == _train(reference, ref_opt, None, 4)
+
+
+def test_a_kernel_without_an_argument_the_stepper_passes_is_not_called(monkeypatch):
+    from mnist_nn.training import fused_adam
+
+    monkeypatch.setattr(fused_adam, "KERNEL_KEYWORDS", (*fused_adam.KERNEL_KEYWORDS, "capturable_lr"))
+    assert fused_adam.private_kernels_missing() == "torch._fused_adam_ takes no capturable_lr"
+    model = build_model("mlp", hidden=[8])
+    optimizer = make_optimizer(Recipe(name="t", description="", model="mlp", lr=1e-3), model, torch.device("cpu"))
+    assert not FusedAdamStep(optimizer).lean
+
+
+def test_adamw_is_told_from_adam_without_the_groups_flag():
+    # PyTorch before 2.6 has no "decoupled_weight_decay" in the groups: AdamW is then known by its class.
+    from mnist_nn.training.fused_adam import _decoupled
+
+    model = build_model("mlp", hidden=[8])
+    adam = torch.optim.Adam(model.parameters(), fused=True)
+    adamw = torch.optim.AdamW(model.parameters(), fused=True)
+    for optimizer, decoupled in ((adam, False), (adamw, True)):
+        group = {key: value for key, value in optimizer.param_groups[0].items() if key != "decoupled_weight_decay"}
+        assert _decoupled(optimizer, group) is decoupled
+        assert _decoupled(optimizer, optimizer.param_groups[0]) is decoupled

@@ -1,4 +1,4 @@
-"""The captured training step (graphs.py) and the choice of the training device (device.py).
+"""The training step (step.py), its capture as a CUDA graph (cuda_graph.py), and the choice of the training device.
 
 What runs on a CPU: the decision to capture, the eager fallback giving today's results, the routing of
 full and last smaller batches, the EMA update the graph records, the device choice with the GPU
@@ -19,17 +19,11 @@ from torch import nn
 from mnist_nn.core import device as device_module
 from mnist_nn.core.errors import Interrupted
 from mnist_nn.data.augment import augment_batch
-from mnist_nn.training.cuda_graph import (
-    CapturedStep,
-    can_capture,
-    ema_pairs,
-    ema_update_,
-    ema_weight,
-    measure_step_seconds,
-)
+from mnist_nn.training.cuda_graph import CapturedStep, can_capture, ema_pairs, ema_update_, ema_weight
 from mnist_nn.training.ema import ModelEMA
 from mnist_nn.training.recipes import Recipe
 from mnist_nn.training.schedules import lr_factor
+from mnist_nn.training.step import EagerStep, measure_step_seconds
 from mnist_nn.training.trainer import RunOptions, Trainer, single_process_trainer, train
 
 CUDA = torch.device("cuda")
@@ -63,7 +57,7 @@ def test_the_step_is_captured_only_on_cuda_without_the_eager_only_features():
 
 def test_a_cpu_run_records_the_eager_step_and_why(toy_dataset, tmp_path):
     trainer = _trainer(toy_dataset, tmp_path / "run", epochs=1)
-    assert trainer.captured is None
+    assert type(trainer.batch_step) is EagerStep
     assert trainer.config["cuda_graph"] is False and "cpu" in trainer.config["cuda_graph_reason"]
     assert trainer.config["device_choice"] == {"asked": "cpu", "chosen": "cpu", "reason": "asked for"}
     trainer.fit()
@@ -75,8 +69,9 @@ def test_a_cpu_run_records_the_eager_step_and_why(toy_dataset, tmp_path):
 # ---------------------------------------------------------------------- the eager path is today's step
 
 
-def _todays_step(trainer: Trainer, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-    """The step as the trainer took it before graphs.py: the reference the refactored step must equal."""
+def _reference_step(trainer: Trainer, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """The oracle: the step written with PyTorch's own calls only (torch.optim's step, F.cross_entropy, the
+    EMA's update), as a reader would write it from the tutorial. The trainer's step must equal it bitwise."""
     recipe = trainer.recipe
     every = recipe.step_epochs * trainer.batches
     factor = lr_factor(recipe.schedule, trainer.step, trainer.total_steps, trainer.warmup_steps, every, recipe.gamma)
@@ -112,7 +107,7 @@ def test_the_eager_step_on_a_cpu_gives_exactly_todays_results(toy_dataset, tmp_p
         new.train_step(inputs, targets)
     torch.manual_seed(1)
     for inputs, targets in batches:
-        _todays_step(old, inputs, targets)
+        _reference_step(old, inputs, targets)
     assert new.step == old.step == 8 and torch.equal(new.loss_sum, old.loss_sum)
     for ours, theirs in [(new.model, old.model), (new.ema.module, old.ema.module)]:
         for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True):
@@ -123,14 +118,14 @@ class _ReplayOnCpu(CapturedStep):
     """A CapturedStep whose 'replay' is the recorded work run eagerly: the routing, on a machine without a GPU."""
 
     def __init__(self, trainer: Trainer) -> None:
-        super().__init__(trainer._update, trainer.optimizer, trainer.model, trainer.ema, trainer.recipe.batch_size)
+        super().__init__(trainer.batch_step, trainer.optimizer, trainer.recipe.batch_size)
         self.sizes: list[int] = []
         self.lrs: list[float] = []
 
     def __call__(self, inputs, targets, lr):
         self.sizes.append(len(targets))
         if not self.fits(inputs, targets):
-            return None
+            return self.eager(inputs, targets, lr)
         self.lrs.append(lr)
         share = self.update(inputs, targets)
         # What the graph records for the EMA: the weight read from a tensor.
@@ -143,7 +138,7 @@ def test_full_batches_go_to_the_graph_and_the_last_smaller_one_to_the_eager_step
     settings = {"schedule": "onecycle", "warmup_epochs": 0.5, "ema_decay": 0.9, "epochs": 2, "batch_size": 48}
     routed = _trainer(toy_dataset, tmp_path / "routed", **settings)
     eager = _trainer(toy_dataset, tmp_path / "eager", **settings)
-    routed.captured = fake = _ReplayOnCpu(routed)
+    routed.batch_step = fake = _ReplayOnCpu(routed)
     for trainer in (routed, eager):
         torch.manual_seed(1)  # the same dropout masks for both
         for epoch in (1, 2):
@@ -158,16 +153,33 @@ def test_full_batches_go_to_the_graph_and_the_last_smaller_one_to_the_eager_step
             assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-7)
 
 
+class _CountingStep:
+    """An EagerStep that only counts the batch sizes it is given."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.ema = None
+        self.sizes: list[int] = []
+        self.step = lambda inputs, targets: torch.zeros(())
+
+    def __call__(self, inputs, targets, lr):
+        self.sizes.append(len(targets))
+        return torch.zeros(())
+
+
 def test_a_batch_of_another_size_is_left_to_the_eager_step():
-    calls = []
     model = nn.Linear(4, 2)
-    step = CapturedStep(lambda x, y: calls.append(len(y)), torch.optim.SGD(model.parameters()), model, None, 8)
+    eager = _CountingStep(model)
+    step = CapturedStep(eager, torch.optim.SGD(model.parameters()), 8)
     assert step.fits(torch.zeros(8, 4), torch.zeros(8)) and not step.fits(torch.zeros(5, 4), torch.zeros(5))
-    assert step(torch.zeros(5, 4), torch.zeros(5), lr=0.1) is None and calls == [] and not step.captured
+    step(torch.zeros(5, 4), torch.zeros(5), lr=0.1)
+    assert eager.sizes == [5] and not step.captured
     step.failed = "capture failed"
     assert not step.fits(torch.zeros(8, 4), torch.zeros(8))
+    step(torch.zeros(8, 4), torch.zeros(8), lr=0.1)
+    assert eager.sizes == [5, 8]
     # The optimizer's state is created on its first step, which must not be recorded: one eager step at least.
-    assert CapturedStep(lambda x, y: None, step.optimizer, model, None, 8, warmup=0).warmup_left == 1
+    assert CapturedStep(eager, step.optimizer, 8, warmup=0).warmup_left == 1
 
 
 def test_the_recorded_ema_update_is_model_emas():
@@ -278,12 +290,13 @@ def test_the_captured_step_trains_as_the_eager_one(toy_dataset, tmp_path, settin
     captured = _trainer(toy_dataset, tmp_path / "captured", device="cuda", **settings)
     eager = _trainer(toy_dataset, tmp_path / "eager", device="cuda", **settings)
     assert captured.config["cuda_graph"] is True and "cuda_graph_reason" not in captured.config
-    eager.captured = None
+    eager.batch_step = eager.batch_step.eager
     losses = {"captured": [], "eager": []}
     for name, trainer in (("captured", captured), ("eager", eager)):
         for epoch in (1, 2, 3):
             losses[name].append(trainer.train_one_epoch(epoch))
-    assert captured.captured is not None and captured.captured.captured and captured.captured.failed is None
+    assert isinstance(captured.batch_step, CapturedStep)
+    assert captured.batch_step.captured and captured.batch_step.failed is None
     assert captured.step == eager.step == 3 * 13
     assert losses["captured"] == pytest.approx(losses["eager"], rel=rel)
     # Outside the graph the optimizer is as an uncaptured run's: a float learning rate, not capturable.

@@ -1,4 +1,4 @@
-"""The training step captured as one CUDA graph, and a few timed steps of a recipe's model on a device.
+"""The training step captured as one CUDA graph: the speed path of a run on a CUDA GPU.
 
 On a fast GPU these networks are tiny: a step of the tutorial MLP is a few dozen kernels of
 microseconds each, and the time goes to launching them from Python (938 steps of the tutorial take
@@ -13,23 +13,31 @@ EMA's warming-up weight). The results are the eager step's up to the order of fl
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
     from mnist_nn.training.ema import ModelEMA
-    from mnist_nn.training.recipes import Recipe
 
-__all__ = ["WARMUP_STEPS", "CapturedStep", "can_capture", "ema_weight", "measure_step_seconds"]
+__all__ = ["WARMUP_STEPS", "CapturedStep", "can_capture", "ema_weight"]
 
 # PyTorch's whole-network example warms up for 3 steps: enough for cuDNN's autotuning, cuBLAS's
 # workspaces and the optimizer's lazily created state to exist before the capture.
 WARMUP_STEPS = 3
+
+
+class EagerStep(Protocol):
+    """What a captured step records and falls back to: ``step.EagerStep``, the step followed by the EMA update."""
+
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    model: nn.Module
+    ema: ModelEMA | None
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, lr: float) -> torch.Tensor: ...
 
 
 def can_capture(
@@ -76,10 +84,10 @@ def ema_update_(pairs: list[tuple[torch.Tensor, torch.Tensor]], weight: torch.Te
 class CapturedStep:
     """A training step on full batches, replayed as one CUDA graph after a few eager warm-up steps.
 
-    ``update(inputs, targets)`` is the step without the EMA (forward, loss, backward, optimizer step)
-    and returns the loss share; the EMA, when there is one, is updated here. Calling the object with a
-    batch of ``batch_size`` runs the step and returns its loss share; any other batch (an epoch's last,
-    smaller one) returns None: the caller runs the eager step, and the graph stays valid for the next.
+    ``eager`` is the run's ``step.EagerStep``: its ``step`` (forward, loss, backward, optimizer step, which
+    returns the loss share) is what the graph records, with the EMA update when there is one. Calling the
+    object with a batch of ``batch_size`` runs the step and returns its loss share; any other batch (an
+    epoch's last, smaller one) goes to the eager step, and the graph stays valid for the next.
 
     The first ``warmup`` full batches are eager steps on a side stream (real steps: nothing is
     thrown away), the next is captured on that stream and replayed; from then on each step is a copy
@@ -88,15 +96,13 @@ class CapturedStep:
     """
 
     def __init__(
-        self,
-        update: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        optimizer: torch.optim.Optimizer,
-        model: nn.Module,
-        ema: ModelEMA | None,
-        batch_size: int,
-        warmup: int = WARMUP_STEPS,
+        self, eager: EagerStep, optimizer: torch.optim.Optimizer, batch_size: int, warmup: int = WARMUP_STEPS
     ) -> None:
-        self.update, self.optimizer, self.model, self.ema = update, optimizer, model, ema
+        self.eager = eager
+        self.update = eager.step
+        self.model = eager.model
+        self.ema = eager.ema
+        self.optimizer = optimizer
         self.batch_size = batch_size
         # At least one eager step: the optimizer creates its state on its first step, which must not be
         # recorded (a replay would reset the moments to zero every step).
@@ -114,16 +120,16 @@ class CapturedStep:
         """Whether this batch is one the graph runs: a full one (the graph's shapes are fixed)."""
         return self.failed is None and len(targets) == self.batch_size == len(inputs)
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, lr: float) -> torch.Tensor | None:
-        """One step at learning rate ``lr`` (already in the optimizer's groups for the eager steps), or None."""
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, lr: float) -> torch.Tensor:
+        """One step at learning rate ``lr`` (already in the optimizer's groups for the eager steps)."""
         if not self.fits(inputs, targets):
-            return None
+            return self.eager(inputs, targets, lr)
         if self.graph is None:
             if self.warmup_left > 0:
                 self.warmup_left -= 1
                 return self._warm_up(inputs, targets)
             if not self._capture(inputs, targets, lr):
-                return None
+                return self.eager(inputs, targets, lr)
         buffers = self._buffers
         buffers["inputs"].copy_(inputs)
         buffers["targets"].copy_(targets)
@@ -192,59 +198,3 @@ class CapturedStep:
                     group["capturable"] = capturable
         self.graph, self._buffers = graph, buffers
         return True
-
-
-def measure_step_seconds(recipe: Recipe, device: torch.device, *, capture: bool, steps: int = 5) -> float:
-    """Seconds per training step of ``recipe``'s model at its batch size on ``device``, on random digits.
-
-    The step is the run's: the recipe's optimizer, precision and memory format, captured as a graph when
-    the run would capture it. Augmentation and evaluation are left out (they are not what decides
-    between a CPU and a GPU for these networks: the per-step cost of launching small kernels is).
-    The random streams are restored afterwards, so the run draws the same numbers as without it.
-    """
-    from mnist_nn.core.device import prepare_backend, resolve_precision
-    from mnist_nn.models.networks import build_model, get_model_spec
-    from mnist_nn.training.run_plan import make_optimizer
-
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        prepare_backend(device)
-        torch.manual_seed(recipe.seed)
-        model = build_model(recipe.model, **dict(get_model_spec(recipe.model).defaults, **recipe.model_kwargs))
-        model = model.to(device).train()
-        if recipe.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(recipe, model, device)
-        inputs = torch.randn(recipe.batch_size, 1, 28, 28, device=device)
-        targets = torch.randint(0, 10, (recipe.batch_size,), device=device)
-        precision = resolve_precision(recipe.precision, device)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-
-        def update(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            if recipe.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False):
-                loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return loss
-
-        step: Callable[[torch.Tensor, torch.Tensor], Any] = update
-        if capture:
-            captured = CapturedStep(update, optimizer, model, None, recipe.batch_size)
-            step = lambda x, y: captured(x, y, recipe.lr)  # noqa: E731
-        # Untimed: the warm-up (and the capture) of a graph, cuDNN's autotuning, the optimizer's state.
-        for _ in range(WARMUP_STEPS + 1):
-            step(inputs, targets)
-        _synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step(inputs, targets)
-        _synchronize(device)
-        return (time.perf_counter() - start) / steps
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

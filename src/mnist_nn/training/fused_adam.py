@@ -15,13 +15,36 @@ fused, no amsgrad, maximize, capturable or differentiable), once its state exist
 through ``optimizer.step()``, which creates it), and when every parameter has a gradient. Anywhere
 else, and for SGD, it calls ``optimizer.step()``. Optimizer step hooks are not run on the lean path;
 this project registers none.
+
+The kernels are PyTorch's private operators, which may change between releases: the lean path is taken
+only where this PyTorch has them with every argument passed here (``private_kernels_missing``), and
+otherwise ``optimizer.step()`` runs, with the same result.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["FusedAdamStep"]
+__all__ = ["FusedAdamStep", "private_kernels_missing"]
+
+# The keyword arguments passed to the private kernels below, checked against their schemas before use.
+KERNEL_KEYWORDS = ("amsgrad", "lr", "beta1", "beta2", "weight_decay", "eps", "maximize", "grad_scale", "found_inf")
+KERNELS = ("_fused_adam_", "_fused_adamw_")
+
+
+def private_kernels_missing() -> str | None:
+    """Why this PyTorch cannot take the lean path (a kernel or an argument of it is missing), or None."""
+    if not callable(getattr(torch, "_foreach_add_", None)):
+        return "torch._foreach_add_ is missing"
+    for name in KERNELS:
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is None or not callable(getattr(torch, name, None)):
+            return f"torch.{name} is missing"
+        arguments = {argument.name for argument in packet.default._schema.arguments}
+        absent = [keyword for keyword in KERNEL_KEYWORDS if keyword not in arguments]
+        if absent:
+            return f"torch.{name} takes no {', '.join(absent)}"
+    return None
 
 
 class FusedAdamStep:
@@ -37,6 +60,9 @@ class FusedAdamStep:
         )
         # One fused call per group covers tensors of one dtype (torch.optim groups them by dtype first).
         self.lean = self.lean and len({p.dtype for g in optimizer.param_groups for p in g["params"]}) == 1
+        # Why the lean path is not taken where it could be: PyTorch lacks a kernel it calls (None: it is taken).
+        self.unavailable = private_kernels_missing() if self.lean else None
+        self.lean = self.lean and self.unavailable is None
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     def zero_grad(self) -> None:
@@ -59,7 +85,7 @@ class FusedAdamStep:
                 states = [state[p] for p in params]
                 steps = [s["step"] for s in states]
                 beta1, beta2 = group["betas"]
-                update = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+                update = torch._fused_adamw_ if _decoupled(self.optimizer, group) else torch._fused_adam_
                 torch._foreach_add_(steps, 1)
                 update(
                     params,
@@ -78,3 +104,8 @@ class FusedAdamStep:
                     grad_scale=None,
                     found_inf=None,
                 )
+
+
+def _decoupled(optimizer: torch.optim.Optimizer, group: dict) -> bool:
+    """AdamW's decoupled weight decay: a group flag since PyTorch 2.6 (AdamW subclasses Adam), the class before."""
+    return bool(group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW)))

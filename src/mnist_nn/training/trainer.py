@@ -3,14 +3,16 @@
 ``train(recipe, **overrides)`` serves the CLI and the Python API. It builds a ``Trainer``, whose
 methods are the loop's steps, in the shape of PyTorch's own examples:
 
-- ``train_step``: one optimizer step on one batch;
+- ``train_step``: one optimizer step on one batch (its forward, loss, backward and optimizer step are
+  ``step.TrainStep``);
 - ``train_one_epoch``: the batch loop;
 - ``evaluate``: the per-epoch score;
 - ``fit``: epochs until the recipe's last (or an early stop), then ``finish``: the test set and the results.
 
-On CUDA the step on full batches is replayed as one captured CUDA graph (``graphs.CapturedStep``;
-config.json's "cuda_graph" says whether, and why not), and ``--device auto`` takes the GPU only where a
-few timed steps of the recipe's model are faster there ("device_choice").
+How a step runs is chosen once, when the run starts (``step.choose_step``): on CUDA the step on full
+batches is replayed as one captured CUDA graph (``cuda_graph.CapturedStep``; config.json's "cuda_graph"
+says whether, and why not), and ``--device auto`` takes the GPU only where a few timed steps of the
+recipe's model are faster there ("device_choice").
 
 The plain path is one process. The rest are layers around it: resuming (``restore`` from a
 ``state.pt`` and ``save_state``), stop signals and periodic saves (``after_step``), and data-parallel
@@ -19,13 +21,11 @@ training (the ``distributed.Context``: one process makes each of its calls a no-
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shlex
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from mnist_nn.models.checkpoint import CheckpointMeta, Position, TrainState, loa
 from mnist_nn.models.networks import build_model, convert_sync_batchnorm, count_parameters, get_model_spec
 from mnist_nn.models.scoring import Evaluation, evaluate, model_outputs
 from mnist_nn.training import distributed
-from mnist_nn.training.cuda_graph import CapturedStep, can_capture, measure_step_seconds
+from mnist_nn.training.cuda_graph import CapturedStep, can_capture
 from mnist_nn.training.ema import ModelEMA
 from mnist_nn.training.fused_adam import FusedAdamStep
 from mnist_nn.training.recipes import Recipe
@@ -73,6 +73,7 @@ from mnist_nn.training.run_plan import (
     run_config,
 )
 from mnist_nn.training.schedules import lr_factor
+from mnist_nn.training.step import EagerStep, TrainStep, autocast_for, choose_step, mean_loss, measure_step_seconds
 
 __all__ = ["RunOptions", "RunResult", "Trainer", "resolve_recipe", "single_process_trainer", "train"]
 
@@ -209,20 +210,6 @@ def training_device(
     return choose_training_device(options.device, probe, resumed_on=resumed_on)
 
 
-class MeanLoss:
-    """The training loss of one process: the mean over the batch. Returns (loss to minimize, its value
-    for the running sum), the same tensor; ``distributed.ShardLoss`` is its data-parallel counterpart."""
-
-    def __init__(self, label_smoothing: float) -> None:
-        self.mean = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
-    def __call__(
-        self, logits: torch.Tensor, targets: torch.Tensor, batch_size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = self.mean(logits, targets)
-        return loss, loss
-
-
 class Trainer:
     """One training run. Its fields are the run's parts and progress; its methods, the loop's steps."""
 
@@ -235,9 +222,14 @@ class Trainer:
         threads: int,
         device_choice: dict[str, Any] | None = None,
     ) -> None:
-        self.plan, self.options, self.context, self.device, self.threads = plan, options, context, device, threads
-        self.recipe = recipe = plan.recipe
-        self.run_dir, self.state_path = plan.run_dir, plan.state_path
+        self.plan = plan
+        self.options = options
+        self.context = context
+        self.device = device
+        self.threads = threads
+        self.recipe = plan.recipe
+        self.run_dir = plan.run_dir
+        self.state_path = plan.state_path
         prepare_backend(device)
         if plan.deterministic:
             make_deterministic()
@@ -248,17 +240,28 @@ class Trainer:
             tensorboard=options.tensorboard,
             main=context.is_main(),
         )
-        self.data: RunData = load_run_data(recipe, options.data_dir, plan.saved, plan.run_dir, device)
+        self.data: RunData = load_run_data(self.recipe, options.data_dir, plan.saved, plan.run_dir, device)
         self.model, model_kwargs = self._build_model()
+        self._build_optimizer()
+        self._build_batches()
+        self._build_ema()
+        self._record_run(model_kwargs, device_choice)
+        self.stop = StopRequest(self.state_path, self.run_dir)
+        self._start_fresh()
+        if plan.saved is not None:
+            self.restore(plan.saved)
+        self.batch_step = self._choose_step()
+
+    def _build_optimizer(self) -> None:
+        """The optimizer, its step (the lean fused one where that is exact: see fused_adam) and the precision."""
         self.parameters = count_parameters(self.model)
-        self.optimizer = make_optimizer(recipe, self.model, device)
-        # step() and zero_grad() without torch.optim's bookkeeping where that is exact (see fused_step).
+        self.optimizer = make_optimizer(self.recipe, self.model, self.device)
         self.optimizer_step = FusedAdamStep(self.optimizer)
-        self.objective = (
-            distributed.ShardLoss(recipe.label_smoothing, context.world_size)
-            if context.enabled
-            else MeanLoss(recipe.label_smoothing)
-        )
+        self.precision = resolve_precision(self.recipe.precision, self.device)
+
+    def _build_batches(self) -> None:
+        """The batches: index slices of the training set on the device, and their augmentation."""
+        recipe = self.recipe
         self.loader = DeviceLoader(
             self.data.train_x, self.data.train_y, recipe.batch_size, shuffle=recipe.shuffle, seed=recipe.seed
         )
@@ -266,46 +269,64 @@ class Trainer:
         self.augmentation = recipe.augmentation(self.data.mean, self.data.std)
         # Rank 0 draws the single-process streams; the other ranks get streams of their own, so that their
         # shards see independent dropout masks and distortions (derived from the seed, hence repeatable).
-        rank_seed = distributed.rank_seed(recipe.seed, context.rank)
-        self.augment_generator = torch.Generator(device=device).manual_seed(rank_seed)
-        if context.rank:
+        rank_seed = distributed.rank_seed(recipe.seed, self.context.rank)
+        self.augment_generator = torch.Generator(device=self.device).manual_seed(rank_seed)
+        if self.context.rank:
             torch.manual_seed(rank_seed)
-        self.ema = ModelEMA(self.model, recipe.ema_decay) if recipe.ema_decay else None
-        # What is evaluated and saved: the EMA of the weights when enabled, else the weights.
+
+    def _build_ema(self) -> None:
+        """The moving average of the weights, when the recipe keeps one: then it is what is evaluated and saved."""
+        self.ema = ModelEMA(self.model, self.recipe.ema_decay) if self.recipe.ema_decay else None
         self.eval_model = self.ema.module if self.ema is not None else self.model
-        self.precision = resolve_precision(recipe.precision, device)
-        self.autocast = _autocast(self.precision, device)
-        spec = self.data.splits.spec
+
+    def _record_run(self, model_kwargs: dict[str, Any], device_choice: dict[str, Any] | None) -> None:
+        """What the checkpoints carry (``meta``) and config.json records, including whether the step is captured."""
+        recipe, data = self.recipe, self.data
         self.meta = CheckpointMeta(
-            recipe.model, model_kwargs, spec.name, self.data.mean, self.data.std, recipe.to_dict()
+            recipe.model, model_kwargs, data.splits.spec.name, data.mean, data.std, recipe.to_dict()
         )
         self.config = run_config(
-            plan, self.data, model_kwargs, self.parameters, context, device, threads, self.precision
+            self.plan, data, model_kwargs, self.parameters, self.context, self.device, self.threads, self.precision
         )
         if device_choice is not None:
             self.config["device_choice"] = device_choice
         capture, reason = can_capture(
-            device,
-            distributed=context.enabled,
+            self.device,
+            distributed=self.context.enabled,
             grad_clip=recipe.grad_clip,
-            compile_model=options.compile_model,
-            deterministic=plan.deterministic,
-        )
-        # The step on full batches as one CUDA graph (graphs.py); the eager step runs the rest.
-        self.captured = (
-            CapturedStep(self._update, self.optimizer, self.model, self.ema, recipe.batch_size) if capture else None
+            compile_model=self.options.compile_model,
+            deterministic=self.plan.deterministic,
         )
         self.config["cuda_graph"] = capture
         if not capture:
             self.config["cuda_graph_reason"] = reason
-        self.stop = StopRequest(self.state_path, self.run_dir)
-        self._start_fresh()
-        if plan.saved is not None:
-            self.restore(plan.saved)
+
+    def _choose_step(self) -> EagerStep | CapturedStep:
+        """The run's step, chosen once: ``TrainStep`` (forward, loss, backward, optimizer step) on the model as
+        trained, run eagerly or replayed as one CUDA graph on full batches (config.json's "cuda_graph")."""
+        recipe, context = self.recipe, self.context
         # The wrapped and compiled modules share the model's parameters: optimizer, EMA and checkpoints see one set.
-        self.train_model = context.wrap(self.model, device)
-        if options.compile_model:
-            self.train_model = _compile(self.train_model, device)
+        self.train_model = context.wrap(self.model, self.device)
+        if self.options.compile_model:
+            self.train_model = _compile(self.train_model, self.device)
+        if context.enabled:
+            loss_fn = distributed.ShardLoss(recipe.label_smoothing, context.world_size)
+            loss_scale = torch.tensor(float(context.world_size), device=self.device)
+        else:
+            loss_fn = mean_loss(recipe.label_smoothing)
+            loss_scale = None
+        step = TrainStep(
+            self.train_model,
+            loss_fn,
+            self.optimizer_step,
+            grad_clip=recipe.grad_clip,
+            channels_last=recipe.channels_last,
+            autocast=autocast_for(self.precision, self.device),
+            shard=context.shard,
+            loss_scale=loss_scale,
+        )
+        capture = self.config["cuda_graph"]
+        return choose_step(step, self.model, self.ema, recipe.batch_size, capture=capture)
 
     def _build_model(self) -> tuple[nn.Module, dict[str, Any]]:
         recipe, device = self.recipe, self.device
@@ -341,50 +362,35 @@ class Trainer:
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """One optimizer step on a batch; returns this process's share of the batch's mean loss (on the device).
 
-        On CUDA a full batch replays the captured step (``graphs.CapturedStep``); its returned share is
-        overwritten by the next step."""
-        recipe = self.recipe
-        if self.scheduled:
-            factor = lr_factor(
-                recipe.schedule,
-                self.step,
-                self.total_steps,
-                self.warmup_steps,
-                recipe.step_epochs * self.batches,
-                recipe.gamma,
-            )
-            for group in self.optimizer.param_groups:
-                group["lr"] = recipe.lr * factor
+        The learning rate of the schedule, the batch augmented on the device, then the step chosen when the
+        run started (``step.TrainStep``: forward, loss, backward, optimizer step; then the EMA), replayed as
+        one CUDA graph on a GPU (its returned share is then overwritten by the next step)."""
+        self.set_learning_rate()
         if self.augmentation.enabled:
             inputs = augment_batch(inputs, self.augmentation, self.augment_generator)
-        lr = self.optimizer.param_groups[0]["lr"]
-        share = self.captured(inputs, targets, lr) if self.captured is not None else None
-        if share is None:
-            share = self._update(inputs, targets)
-            if self.ema is not None:
-                self.ema.update(self.model)
+        loss = self.batch_step(inputs, targets, self.optimizer.param_groups[0]["lr"])
         self.step += 1
         # Summed on the device: reading a loss back (.item()) would stall every step. A NaN or inf anywhere
         # poisons the sum, so reading it where the loss is printed anyway (and at every save) catches a
         # divergence at no extra cost.
-        self.loss_sum += share.detach()
-        return share
+        self.loss_sum += loss.detach()
+        return loss
 
-    def _update(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The step's forward, backward and optimizer step (what a CUDA graph records); returns the loss share."""
+    def set_learning_rate(self) -> None:
+        """The schedule's learning rate for this step, in every parameter group (a constant one is left alone)."""
+        if not self.scheduled:
+            return
         recipe = self.recipe
-        batch_size = len(targets)
-        inputs, targets = self.context.shard(inputs, targets)
-        if recipe.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with self.autocast():
-            loss, share = self.objective(self.train_model(inputs), targets, batch_size)
-        self.optimizer_step.zero_grad()
-        loss.backward()
-        if recipe.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), recipe.grad_clip)
-        self.optimizer_step.step()
-        return share
+        factor = lr_factor(
+            recipe.schedule,
+            self.step,
+            self.total_steps,
+            self.warmup_steps,
+            recipe.step_epochs * self.batches,
+            recipe.gamma,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = recipe.lr * factor
 
     def train_one_epoch(self, epoch: int, first_batch: int = 0) -> float:
         """One pass over the training set (from ``first_batch`` in an epoch cut short); returns its mean loss."""
@@ -705,16 +711,6 @@ def _compile(model: nn.Module, device: torch.device) -> nn.Module:
     which removes the per-kernel launch cost that dominates these tiny networks' steps."""
     mode = "max-autotune" if device.type == "cuda" else "default"
     return torch.compile(model, mode=mode)
-
-
-def _autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast for the forward pass and loss (matmuls and convolutions in bf16, reductions in fp32).
-
-    Without autocast's cache of cast weights: these networks use each weight once per forward, so it
-    saves nothing, and a CUDA graph must not capture it (PyTorch's advice for autocast under capture)."""
-    if precision == "bf16":
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext
 
 
 def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
