@@ -87,7 +87,9 @@ def _warp(images: torch.Tensor, config: Augmentation, generator: torch.Generator
     angle = torch.deg2rad(_uniform(n, config.rotate, generator, device))
     shear = torch.deg2rad(_uniform(n, config.shear, generator, device))
     scale = 1 + _uniform(n, config.scale, generator, device)
-    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+    cos = torch.cos(angle)
+    sin = torch.sin(angle)
+    tan = torch.tan(shear)
     # theta maps output coordinates to input coordinates: rotation @ shear, divided by the zoom.
     theta = torch.empty(n, 2, 3, device=device)
     theta[:, 0, 0] = cos / scale

@@ -93,7 +93,9 @@ def local_shuffle(pixels: np.ndarray, swap: np.ndarray, dy: np.ndarray, dx: np.n
 
 def glass_blur(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Blur, shuffle pixels with their neighbours up and to the left, blur again (severity 1)."""
-    sigma, max_delta, iterations = 0.7, 1, 2
+    sigma = 0.7  # of both Gaussian blurs, in pixels
+    max_delta = 1  # the exclusive upper bound of a pixel's move (see randint below)
+    iterations = 2  # shuffling passes
     # The reference truncates the first blur to uint8 (np.uint8) before shuffling.
     pixels = (_blur_down_columns(x, sigma) * 255).astype(np.uint8)
     for _ in range(iterations):
@@ -268,7 +270,11 @@ def fog(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def spatter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Mud: blobs of grey 63 where smoothed noise runs high (severity 4)."""
-    loc, spread, sigma, threshold, mud_sigma = 0.65, 0.3, 1.0, 0.65, 1.5
+    loc = 0.65  # mean of the Gaussian noise the mud grows from
+    spread = 0.3  # its standard deviation
+    sigma = 1.0  # the noise's smoothing, in pixels
+    threshold = 0.65  # smoothed noise above this becomes mud
+    mud_sigma = 1.5  # the blur that softens the mud's edges, in pixels
     # skimage's gaussian on each 2-D image: edges repeated, truncated at 4 sigma.
     liquid = ndimage.gaussian_filter(rng.normal(loc, spread, x.shape), (0, sigma, sigma), mode="nearest")
     mud = ndimage.gaussian_filter((liquid > threshold).astype(np.float64), (0, mud_sigma, mud_sigma), mode="nearest")

@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,9 @@ from torch import nn
 
 from mnist_nn.core.errors import UserError
 from mnist_nn.models.scoring import Evaluation, model_outputs
+
+if TYPE_CHECKING:
+    from mnist_nn.models.checkpoint import Checkpoint
 
 
 def shifted_views(images: torch.Tensor) -> list[torch.Tensor]:
@@ -83,35 +86,66 @@ def evaluate_checkpoint(
     Writes the confusion heatmap and the gallery of confident mistakes to ``out``
     (default: an ``evaluation`` folder beside the first checkpoint). Returns the report.
     """
-    from mnist_nn.core import plots
     from mnist_nn.core.device import configure_cpu, resolve_device
     from mnist_nn.core.fsutil import ensure_writable_dir, write_json
-    from mnist_nn.data.datasets import load_dataset, normalize
-    from mnist_nn.models.checkpoint import load_checkpoint
+    from mnist_nn.data.datasets import load_dataset
 
     paths = [checkpoint_paths] if isinstance(checkpoint_paths, (str, os.PathLike)) else list(checkpoint_paths)
     torch_device = resolve_device(device)
     configure_cpu()
+    checkpoints = _load_one_dataset_checkpoints(paths, torch_device)
+    splits = load_dataset(checkpoints[0].dataset, data_dir)
+    out_dir = Path(out) if out is not None else checkpoints[0].path.parent / "evaluation"
+    ensure_writable_dir(out_dir)
+    members = _member_log_probabilities(checkpoints, splits.test_images, torch_device, tta)
+    result = evaluation_from_log_probabilities(average_log_probabilities(members), splits.test_labels)
+    report = _evaluation_report(checkpoints, members, result, splits.spec.classes, out_dir, tta)
+    _save_evaluation_figures(result, splits.test_images, splits.spec.classes, out_dir)
+    write_json(out_dir / "evaluation.json", report)
+    return report
+
+
+def _load_one_dataset_checkpoints(paths: Sequence[str | os.PathLike], torch_device: torch.device) -> list[Checkpoint]:
+    """Load every checkpoint; an ensemble's members must share a dataset, else their classes would not line up."""
+    from mnist_nn.models.checkpoint import load_checkpoint
+
     checkpoints = [load_checkpoint(path, torch_device) for path in paths]
     datasets = {c.dataset for c in checkpoints}
     if len(datasets) > 1:
         listing = ", ".join(f"{c.path} ({c.dataset})" for c in checkpoints)
         raise UserError(f"an ensemble needs checkpoints of one dataset, got {listing}")
-    splits = load_dataset(checkpoints[0].dataset, data_dir)
-    out_dir = Path(out) if out is not None else checkpoints[0].path.parent / "evaluation"
-    ensure_writable_dir(out_dir)
-    labels = splits.test_labels
+    return checkpoints
+
+
+def _member_log_probabilities(
+    checkpoints: Sequence[Checkpoint], test_images: torch.Tensor, torch_device: torch.device, tta: bool
+) -> list[torch.Tensor]:
+    """Each member's log probabilities on the test images, normalized with that member's own mean and std.
+
+    Members trained with the same statistics share one normalized copy of the test set.
+    """
+    from mnist_nn.data.datasets import normalize
+
     inputs: dict[tuple[float, float], torch.Tensor] = {}
     members = []
     for checkpoint in checkpoints:
         key = (checkpoint.mean, checkpoint.std)
         if key not in inputs:
-            inputs[key] = normalize(splits.test_images, *key, torch_device)
+            inputs[key] = normalize(test_images, *key, torch_device)
         members.append(predict_log_probabilities(checkpoint.model, inputs[key], tta=tta))
-    result = evaluation_from_log_probabilities(average_log_probabilities(members), labels)
-    classes = splits.spec.classes
+    return members
+
+
+def _evaluation_report(
+    checkpoints: Sequence[Checkpoint],
+    members: Sequence[torch.Tensor],
+    result: Evaluation,
+    classes: Sequence[str],
+    out_dir: Path,
+    tta: bool,
+) -> dict[str, Any]:
+    """The JSON report of an evaluation; an ensemble's also carries each member's own accuracy."""
     matrix = result.confusion_matrix()
-    mistakes = result.most_confident_mistakes(20)
     name = checkpoints[0].model_name if len(checkpoints) == 1 else f"ensemble of {len(checkpoints)}"
     report = {
         "checkpoint": str(checkpoints[0].path) if len(checkpoints) == 1 else [str(c.path) for c in checkpoints],
@@ -130,16 +164,27 @@ def evaluate_checkpoint(
     }
     if len(checkpoints) > 1:
         report["member_accuracy"] = {
-            str(c.path): evaluation_from_log_probabilities(p, labels).accuracy
+            str(c.path): evaluation_from_log_probabilities(p, result.labels).accuracy
             for c, p in zip(checkpoints, members, strict=True)
         }
+    return report
+
+
+def _save_evaluation_figures(
+    result: Evaluation, test_images: torch.Tensor, classes: Sequence[str], out_dir: Path
+) -> None:
+    """Write the confusion heatmap and the gallery of the 20 most confident mistakes into ``out_dir``."""
+    from mnist_nn.core import plots
+
+    matrix = result.confusion_matrix()
+    mistakes = result.most_confident_mistakes(20)
     plots.save_figure(
         plots.confusion_heatmap(matrix, classes, f"Confusion matrix ({result.accuracy:.2%} correct)"),
         out_dir / "confusion.png",
     )
     plots.save_figure(
         plots.digit_grid(
-            splits.test_images[mistakes],
+            test_images[mistakes],
             result.labels[mistakes].tolist(),
             result.predictions[mistakes].tolist(),
             classes,
@@ -148,8 +193,6 @@ def evaluate_checkpoint(
         ),
         out_dir / "mistakes.png",
     )
-    write_json(out_dir / "evaluation.json", report)
-    return report
 
 
 MOST_CONFUSED = 10

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mnist_nn.core.errors import UserError, option
+
+if TYPE_CHECKING:
+    from mnist_nn.data.datasets import Splits
+    from mnist_nn.models.checkpoint import Checkpoint
 
 FEATURE_DIGITS = 2000
 # Feature vectors wider than this are reduced by PCA before t-SNE, as scikit-learn advises: the neighbours
@@ -319,7 +323,7 @@ def inspect_checkpoint(
     from mnist_nn.core import plots
     from mnist_nn.core.device import configure_cpu
     from mnist_nn.core.fsutil import ensure_writable_dir, write_json
-    from mnist_nn.data.datasets import load_dataset, normalize
+    from mnist_nn.data.datasets import load_dataset
     from mnist_nn.models.checkpoint import load_checkpoint
 
     require_scikit_learn()
@@ -330,51 +334,78 @@ def inspect_checkpoint(
     if not 0 <= index < test_size:
         raise UserError(f"{option('index')} must be between 0 and {test_size - 1}, got {index}")
     out_dir = ensure_writable_dir(Path(out) if out is not None else loaded.path.parent / "inspection")
-    model, classes = loaded.model, splits.spec.classes
     files = {name: out_dir / f"{name}.png" for name in ("weights", "activations", "features")}
 
-    layer = first_layer(model)
+    layer = first_layer(loaded.model)
     plots.save_figure(weights_figure(layer, loaded.model_name), files["weights"])
-
-    digit = splits.test_images[index]
-    layers, logits = activation_layers(model, normalize(digit[None], loaded.mean, loaded.std, "cpu"))
-    label = classes[int(splits.test_labels[index])]
-    plots.save_figure(activations_figure(digit, label, logits, layers, classes), files["activations"])
-
-    count = min(feature_digits, test_size)
-    images = normalize(splits.test_images[:count], loaded.mean, loaded.std, "cpu")
-    features = penultimate_features(model, images).numpy()
-    labels = splits.test_labels[:count].numpy()
-    maps = feature_maps(features)
-    plots.save_figure(features_figure(maps, labels, classes, features.shape[1]), files["features"])
+    digit, layers = _inspect_digit(loaded, splits, index, files["activations"])
+    features = _inspect_features(loaded, splits, feature_digits, files["features"])
 
     report = {
         "checkpoint": str(loaded.path),
         "model": loaded.model_name,
         "dataset": loaded.dataset,
         "first_layer": {"layer": describe(layer), "pictures": int(layer.weight.shape[0])},
-        "digit": {
-            "index": index,
-            "label": label,
-            "answer": classes[int(logits.argmax())],
-            "confidence": float(logits.softmax(0).max()),
-        },
+        "digit": digit,
         "layers": [{"layer": item.title, "shape": list(item.values.shape), "active": item.active} for item in layers],
-        "features": {
-            "digits": count,
-            "dims": int(features.shape[1]),
-            "pca_variance": maps["pca_variance"],
-            "silhouette": silhouette(features, labels) if len(set(labels.tolist())) > 1 else None,
-            "tsne_silhouette": silhouette(maps["tsne"], labels) if len(set(labels.tolist())) > 1 else None,
-        },
+        "features": features,
         "files": {name: str(path) for name, path in files.items()},
     }
     write_json(out_dir / "inspection.json", report)
     return report
 
 
+def _inspect_digit(loaded: Checkpoint, splits: Splits, index: int, path: Path) -> tuple[dict[str, Any], list[Layer]]:
+    """Draw test digit ``index`` through the network's activation layers into ``path``.
+
+    Returns the report's ``digit`` entry (label, the network's answer and its confidence) and the layers drawn.
+    """
+    from mnist_nn.core import plots
+    from mnist_nn.data.datasets import normalize
+
+    classes = splits.spec.classes
+    digit = splits.test_images[index]
+    layers, logits = activation_layers(loaded.model, normalize(digit[None], loaded.mean, loaded.std, "cpu"))
+    label = classes[int(splits.test_labels[index])]
+    plots.save_figure(activations_figure(digit, label, logits, layers, classes), path)
+    entry = {
+        "index": index,
+        "label": label,
+        "answer": classes[int(logits.argmax())],
+        "confidence": float(logits.softmax(0).max()),
+    }
+    return entry, layers
+
+
+def _inspect_features(loaded: Checkpoint, splits: Splits, feature_digits: int, path: Path) -> dict[str, Any]:
+    """Map the penultimate layer of the first ``feature_digits`` test digits by PCA and t-SNE into ``path``.
+
+    Returns the report's ``features`` entry; the silhouettes are None when the digits hold a single class,
+    where class separation means nothing.
+    """
+    from mnist_nn.core import plots
+    from mnist_nn.data.datasets import normalize
+
+    count = min(feature_digits, len(splits.test_labels))
+    images = normalize(splits.test_images[:count], loaded.mean, loaded.std, "cpu")
+    features = penultimate_features(loaded.model, images).numpy()
+    labels = splits.test_labels[:count].numpy()
+    maps = feature_maps(features)
+    plots.save_figure(features_figure(maps, labels, splits.spec.classes, features.shape[1]), path)
+    return {
+        "digits": count,
+        "dims": int(features.shape[1]),
+        "pca_variance": maps["pca_variance"],
+        "silhouette": silhouette(features, labels) if len(set(labels.tolist())) > 1 else None,
+        "tsne_silhouette": silhouette(maps["tsne"], labels) if len(set(labels.tolist())) > 1 else None,
+    }
+
+
 def format_report(report: dict[str, Any]) -> str:
-    first, digit, features, files = report["first_layer"], report["digit"], report["features"], report["files"]
+    first = report["first_layer"]
+    digit = report["digit"]
+    features = report["features"]
+    files = report["files"]
     lines = [
         f"{report['model']} ({report['dataset']}), {report['checkpoint']}",
         f"  {files['weights']}: the first layer ({first['layer']}) as {first['pictures']} pictures",

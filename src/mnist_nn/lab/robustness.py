@@ -157,7 +157,10 @@ def _score(loaded: Checkpoint, splits: Splits, device: torch.device, batch_size:
         return accuracy(loaded.model, corrupted, labels, normalization, device, batch_size)
 
     clean = score(images)
-    accuracies, examples, built, all_cached = {}, {"clean": images[example].numpy()}, [], True
+    accuracies: dict[str, float] = {}
+    examples: dict[str, np.ndarray] = {"clean": images[example].numpy()}
+    built: list[str] = []  # the sets this call had to build rather than read from the cache
+    all_cached = True
     for name, corrupted, was_built, cached in corrupted_sets(images.numpy(), folder, seed):
         accuracies[name] = score(torch.from_numpy(corrupted))
         examples[name] = corrupted[example]

@@ -171,7 +171,9 @@ def load_run_data(
     else:
         # No hold-out (the tutorial trains on all 60,000): the per-epoch curve reports the
         # test set, as the tutorial did; nothing is chosen from it.
-        eval_split, eval_x, eval_y = "test", test_x, test_y
+        eval_split = "test"
+        eval_x = test_x
+        eval_y = test_y
     return RunData(splits, mean, std, train_x, train_y, eval_split, eval_x, eval_y, test_x, test_y)
 
 

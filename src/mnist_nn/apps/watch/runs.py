@@ -27,8 +27,12 @@ from mnist_nn.core.errors import UserError
 
 log = logging.getLogger("mnist_nn.watch")
 
-CONFIG, METRICS, BATCHES = "config.json", "metrics.jsonl", "batches.jsonl"
-SAMPLES, SUMMARY = "samples.json", "summary.json"
+# The files a training run writes into its run directory.
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+BATCHES = "batches.jsonl"
+SAMPLES = "samples.json"
+SUMMARY = "summary.json"
 WATCHED = (CONFIG, METRICS, BATCHES, SAMPLES, SUMMARY)
 # Any of these marks a folder as a run directory (a run stopped before its first epoch has only some).
 RUN_FILES = (*WATCHED, "state.pt", "model.pt")
@@ -144,7 +148,9 @@ def train_series(rows: list[Any], per_epoch: int | None) -> tuple[dict[str, list
     valid = []
     for row in rows:
         fields = row if isinstance(row, dict) else {}
-        epoch, batch, loss = whole(fields.get("epoch")), whole(fields.get("batch")), number(fields.get("train_loss"))
+        epoch = whole(fields.get("epoch"))
+        batch = whole(fields.get("batch"))
+        loss = number(fields.get("train_loss"))
         if not epoch or not batch or loss is None:
             skipped += 1
             continue
@@ -190,7 +196,9 @@ def latest_samples(data: bytes) -> dict[str, Any]:
     The pixels come flat, 784 integers 0-255 per digit. Raises ValueError for any other shape.
     """
     samples = json.loads(data)
-    labels, pixels, epochs = samples["labels"], samples["pixels"], samples.get("epochs", [])
+    labels = samples["labels"]
+    pixels = samples["pixels"]
+    epochs = samples.get("epochs", [])
     if not (isinstance(labels, list) and isinstance(pixels, list) and isinstance(epochs, list)):
         raise ValueError("labels, pixels and epochs must be lists")
     if len(pixels) != len(labels) or any(whole(label) is None for label in labels):
