@@ -1,10 +1,17 @@
-"""The shape of the code, checked: short functions a reader can take in at once."""
+"""The shape of the code, checked: rooms that import only downwards, short functions a reader can take in at once."""
 
 from __future__ import annotations
 
 import ast
+import inspect
 import re
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+
+import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "mnist_nn"
 MAX_FUNCTION_LINES = 60
@@ -73,3 +80,35 @@ def test_every_function_the_docs_name_exists():
             if not (REPO / path).is_file() or name not in _qualified_names(REPO / path):
                 missing.append(f"{doc}: {path}:{name}")
     assert found >= 30 and not missing, missing
+
+
+def test_the_rooms_keep_their_layers_and_have_no_import_cycle():
+    """import-linter's contracts in pyproject.toml: the layers, serve apart from watch, testing outside the
+    runtime, no cycle (lazy and TYPE_CHECKING imports count: grimp reads every import statement)."""
+    script = Path(sys.executable).parent / "lint-imports"
+    command = [str(script)] if script.exists() else [shutil.which("lint-imports") or "lint-imports"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "4 kept, 0 broken" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_the_package_root_holds_only_the_public_api_and_the_command():
+    modules = sorted(path.stem for path in SOURCE.glob("*.py"))
+    assert modules == ["__init__", "__main__", "api", "cli"]
+    rooms = sorted(path.name for path in SOURCE.iterdir() if (path / "__init__.py").is_file())
+    assert rooms == ["apps", "core", "data", "inference", "lab", "models", "testing", "training"]
+
+
+LOOP_PAGE = REPO / "docs" / "training-loop.md"
+
+
+@pytest.mark.parametrize(
+    "qualified", ["Trainer.train_one_epoch", "Trainer.train_step", "TrainStep.__call__", "choose_step"]
+)
+def test_the_loop_page_quotes_the_loop_as_it_is(qualified):
+    from mnist_nn.training import step, trainer
+
+    owner, _, name = qualified.rpartition(".")
+    module = trainer if owner == "Trainer" else step
+    target = getattr(getattr(module, owner), name) if owner else getattr(module, name)
+    source = textwrap.dedent(inspect.getsource(target)).strip()
+    assert source in LOOP_PAGE.read_text(), f"docs/training-loop.md no longer quotes {qualified} as it is"
