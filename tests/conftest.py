@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import struct
 from pathlib import Path
 
 import pytest
 import torch
+
+from mnist_nn.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
@@ -121,6 +124,41 @@ def trained_checkpoint(tmp_path_factory) -> Path:
         "tutorial", data_dir=found, out=tmp_path_factory.mktemp("trained") / "run", epochs=2, quiet=True
     )
     return run.run_dir / "model.pt"
+
+
+# --------------------------------------------------------------------------- helpers the test files import
+
+
+def run_main(capsys, *argv) -> tuple[int, str, str]:
+    """`mnist-nn ARGV...` in this process (arguments may be paths): its exit code, stdout and stderr."""
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, fragment: str) -> None:
+    """A usage mistake: exit code 2, one line on stderr naming `fragment`, no traceback."""
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert fragment in lines[0], lines[0]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (yet)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 # --------------------------------------------------------------------------- the browser tests' Chromium

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from mnist_nn.cli import main
 from mnist_nn.core.errors import UserError
 from mnist_nn.data.datasets import load_dataset, normalize
@@ -130,15 +130,9 @@ def test_resolve_model_prefers_an_existing_path(tmp_path, monkeypatch):
         resolve_model("robus")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_serve_without_a_checkpoint_answers_with_the_default_model():
     pytest.importorskip("fastapi")
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "mnist_nn", "serve", "--port", str(port), "--workers", "1"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"

@@ -15,21 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_nn.cli import main
-
-
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, fragment: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert fragment in lines[0], lines[0]
+from conftest import Payload, assert_one_line_error, run_main
 
 
 def test_console_script_and_module_entry_points():
@@ -123,16 +109,6 @@ def test_output_folder_holding_a_run_is_not_overwritten(tmp_path, capsys, toy_da
     code, _, err = run_main(capsys, "train", "--dataset", "toy", "--data-dir", str(toy_dataset), "--out", str(out))
     assert_one_line_error(code, err, "already exists and is not empty")
     assert (out / "summary.json").read_text() == "{}"
-
-
-class Payload:
-    """Unpickling this would create a file: proof that code ran."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 BAD_CHECKPOINTS = {
@@ -236,6 +212,20 @@ def test_every_command_has_the_same_device_rule():
         **dict.fromkeys(["evaluate", "robustness", "predict", "serve"], ("auto", "a CUDA GPU, ")),
         "train": ("auto", "the CPU or a"),
     }
+
+
+def test_every_recipe_field_has_help_and_its_flag_shows_it():
+    """The help is on the Recipe field (one place); `train --help` prints it as written."""
+    from dataclasses import fields
+
+    from mnist_nn.cli import NOT_FLAGS, build_parser
+    from mnist_nn.training.recipes import Recipe
+
+    helps = {f.name: f.metadata.get("help", "") for f in fields(Recipe)}
+    assert [name for name, text in helps.items() if not text.strip()] == []
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    shown = {a.dest: a.help % {} for a in subparsers.choices["train"]._actions if a.dest in helps}
+    assert shown == {name: text for name, text in helps.items() if name not in NOT_FLAGS}
 
 
 # Each runs in a fresh interpreter that reports whether the command imported torch.

@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import toy_spec
+from conftest import free_port, toy_spec
 from mnist_nn.cli import main
 from mnist_nn.models.checkpoint import load_train_state
 from mnist_nn.models.networks import CPUSyncBatchNorm
@@ -53,15 +52,9 @@ STATEFUL = ["--dataset", "toy", "--model", "mlp", "--model-kwargs", '{"hidden": 
             "--aug-rotate", "5", "--epochs", "3", "--checkpoint-every", "5", "--quiet"]  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _torchrun(args: list[str], log: Path, cwd: Path, delay: float = 0.0) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(_free_port()), *args]  # fmt: skip
+               "--master-port", str(free_port()), *args]  # fmt: skip
     env = {**os.environ, "MNIST_NN_THREADS": "1", "OMP_NUM_THREADS": "1", "TEST_STEP_DELAY": str(delay)}
     with open(log, "w") as handle:
         return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env)

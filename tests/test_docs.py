@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 README = REPO / "README.md"
 README_CHINESE = REPO / "README_Chinese.md"
@@ -132,12 +131,6 @@ def sandbox(tmp_path, mnist_dir) -> tuple[Path, dict[str, str]]:
         MNIST_NN_MIRROR=f"http://127.0.0.1:{free_port()}/",
     )
     return root, apply_offline_step(env, Path(mnist_dir).resolve())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_server(argv: list[str], cwd: Path, env: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from mnist_nn.cli import main
+from conftest import run_main
 from mnist_nn.inference.evaluate import format_report, most_confused
 from mnist_nn.inference.predictor import Predictor
 from mnist_nn.lab.explain import attributions, normalized, save_explanations
@@ -22,12 +22,6 @@ from mnist_nn.lab.explain import attributions, normalized, save_explanations
 pytest.importorskip("captum")
 
 MEAN, STD = 0.1307, 0.3081
-
-
-def run_main(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def linear_predictor() -> tuple[Predictor, torch.Tensor]:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import mnist_nn
-from mnist_nn.cli import main
+from conftest import run_main
 from mnist_nn.core.errors import UserError
 from mnist_nn.data.datasets import load_dataset
 from mnist_nn.inference.evaluate import zoom_views
@@ -19,12 +19,6 @@ from mnist_nn.inference.predictor import Predictor
 from mnist_nn.models.bundled import resolve_model
 from mnist_nn.models.checkpoint import load_checkpoint
 from mnist_nn.testing import synthetic
-
-
-def run_main(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def digit_png(path, size=(90, 120)):
@@ -222,21 +216,24 @@ def mnist_test(mnist_dir):
 
 
 @pytest.mark.realdata
-def test_photo_like_images_score_within_one_point_of_the_plain_test_set(
+def test_photo_like_images_score_within_one_point_of_the_same_digits_in_mnist_form(
     trained_checkpoint, mnist_test, tmp_path, capsys
 ):
     images, labels = mnist_test
     predictor = Predictor.from_checkpoint(trained_checkpoint)
-    plain = float((predictor.probabilities(images).argmax(1).numpy() == labels).mean())
     # The first, milder set: dark ink on light paper, any size and place, noise, JPEG, transparency.
     photos = synthetic.photo_set(images, labels, count=1000, seed=0, looks=("classic",))
+    # Against the same 1,000 digits as MNIST gives them: a random thousand of the test set is itself a
+    # point or so from the whole set's accuracy for a briefly trained model, which would swamp the comparison.
+    sources = np.array([item.source for item in photos])
+    plain = float((predictor.probabilities(images[sources]).argmax(1).numpy() == labels[sources]).mean())
     truth = synthetic.write_set(photos, tmp_path / "photos")
     code, out, err = run_main(capsys, "predict", trained_checkpoint, tmp_path / "photos", "--json")
     assert code == 0 and err == ""
     read = {r["source"].rsplit("/", 1)[-1]: r["label"] for r in json.loads(out)}
     assert read.keys() == truth.keys()
     accuracy = sum(read[name] == label for name, label in truth.items()) / len(truth)
-    print(f"plain test accuracy {plain:.4f}; photo-like accuracy {accuracy:.4f} (1,000 images)")
+    print(f"plain accuracy {plain:.4f}; photo-like accuracy {accuracy:.4f} (the same 1,000 digits)")
     assert accuracy >= plain - 0.01
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import toy_spec
+from conftest import Payload, toy_spec
 from mnist_nn.cli import main
 from mnist_nn.core.errors import Interrupted, UserError
 from mnist_nn.models.checkpoint import load_checkpoint, load_train_state
@@ -325,16 +325,6 @@ def test_divergence_stops_with_a_clear_message_and_a_usable_checkpoint(toy, tmp_
 
 
 # --------------------------------------------------------------------------- checkpoint safety
-
-
-class Payload:
-    """Unpickling this would create a file: proof that code ran."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _one_line_error(capsys, argv: list[str]) -> str:

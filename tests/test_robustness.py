@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import toy_spec, write_idx_dataset
-from mnist_nn.cli import main
+import conftest
+from conftest import run_main, toy_spec, write_idx_dataset
 from mnist_nn.data.corruptions import NAMES
 
 TOY = "toy-robustness"
@@ -38,16 +38,10 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def assert_one_line_error(code: int, err: str, fragment: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("mnist-nn: error: ") and fragment in lines[0], lines[0]
+    """The shared check, and the message is the top-level command's (not argparse's usage line)."""
+    conftest.assert_one_line_error(code, err, fragment)
+    assert err.strip().startswith("mnist-nn: error: "), err
 
 
 def test_table_grid_json_and_the_cache_reused(toy_run, cache, tmp_path, capsys):

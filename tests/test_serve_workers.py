@@ -18,17 +18,12 @@ from PIL import Image, ImageDraw
 
 pytest.importorskip("fastapi")
 
+from conftest import free_port
 from mnist_nn.apps.serve.server import bind, default_workers, multiprocess_supported
 from mnist_nn.cli import main
 from mnist_nn.core.errors import UserError
 
 pytestmark = pytest.mark.skipif(not multiprocess_supported(), reason="several workers need Linux")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def photo_upload() -> tuple[bytes, str]:

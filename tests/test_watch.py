@@ -16,11 +16,10 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
-from conftest import REPO, toy_spec, write_idx_dataset
+from conftest import REPO, assert_one_line_error, run_main, toy_spec, write_idx_dataset
 from mnist_nn.apps.watch import check_run_dir
 from mnist_nn.apps.watch.app import PAGE_CSP, STATIC, create_app
 from mnist_nn.apps.watch.runs import parse_json_lines, run_labels
-from mnist_nn.cli import main
 
 TRAIN_SIZE, BATCH_SIZE, LOG_EVERY = 1000, 100, 5  # 10 batches an epoch, a point every 5
 
@@ -326,19 +325,6 @@ def test_the_package_data_ships_every_static_file():
 
 
 # --------------------------------------------------------------------------- the command line
-
-
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, fragment: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert fragment in lines[0], lines[0]
 
 
 def test_watch_refuses_what_is_not_a_run_directory(tmp_path, capsys):

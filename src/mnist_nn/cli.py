@@ -84,54 +84,6 @@ def _add_device_argument(
     )
 
 
-RECIPE_HELP = {
-    "model": "model name, overriding the recipe's (see `mnist-nn models`)",
-    "dataset": "dataset name: mnist or fashion-mnist",
-    "model_kwargs": "model arguments as JSON, e.g. '{\"hidden\": [512, 512]}'",
-    "epochs": "number of passes over the training set",
-    "batch_size": "training batch size",
-    "optimizer": "adam, adamw or sgd",
-    "lr": "learning rate (the peak, with a schedule)",
-    "schedule": "learning-rate schedule: constant, step, cosine or onecycle",
-    "warmup_epochs": "linear learning-rate warm-up, in epochs (may be fractional)",
-    "label_smoothing": "label smoothing of the cross-entropy loss, 0 to <1",
-    "grad_clip": "clip the gradient norm to this value (0: off)",
-    "ema_decay": "evaluate and save an exponential moving average of the weights (e.g. 0.999; 0: off)",
-    "shuffle": "shuffle the training set every epoch",
-    "seed": "random seed for weights, order, augmentation and validation split",
-    "val_size": "training images held out for validation (selects the best epoch)",
-    "patience": "stop after this many epochs without a better validation accuracy (0: off)",
-    "normalization": "unit ([0, 1]) or standard ((x - mean) / std)",
-    "momentum": "SGD momentum",
-    "adam_beta1": "Adam's first-moment decay (beta1; 0.9 in PyTorch)",
-    "adam_beta2": "Adam's second-moment decay (beta2; 0.999 in PyTorch)",
-    "nesterov": "Nesterov momentum for SGD",
-    "weight_decay": "weight decay (decoupled for adamw)",
-    "step_epochs": "for the step schedule: multiply the lr by --gamma every this many epochs",
-    "gamma": "for the step schedule: the factor",
-    "aug_rotate": "augmentation: random rotation up to this many degrees",
-    "aug_shift": "augmentation: random shift up to this many pixels",
-    "aug_scale": "augmentation: random zoom by up to this fraction (0.1: 90%%-110%%)",
-    "aug_shear": "augmentation: random shear up to this many degrees",
-    "aug_elastic": "augmentation: elastic distortion of up to this many pixels (0: off)",
-    "aug_elastic_sigma": "augmentation: smoothness of the elastic distortion, pixels",
-    "aug_flip": "augmentation: probability of a left-right mirror image (for clothes; never for digits)",
-    "aug_thickness": "ink: pens finer or thicker by up to this many pixel steps (erosion or dilation)",
-    "aug_blur": "ink: focus or motion blur up to this sigma, pixels",
-    "aug_contrast": "ink: fainter by up to this fraction",
-    "aug_brightness": "ink: paper greyer, evenly or as a shade, by up to this much of full ink",
-    "aug_noise": "ink: sensor noise up to this std, or specks on up to this share of pixels",
-    "aug_occlude": "ink: stray lines or dotted lines up to this ink (1: full), or a band along an edge",
-    "aug_lowres": "ink: resolution loss, down to 28*(1-this) pixels a side and back",
-    "aug_ink_share": "ink: the share of images each ink augmentation is applied to",
-    "channels_last": "channels-last memory format (faster convolutions on CPU)",
-    "eval_batch_size": "batch size for evaluation",
-    "log_every": "print the loss every this many batches",
-    "precision": "fp32; bf16 to autocast the forward pass to bfloat16; auto: bf16 where the hardware has it "
-    "(CUDA GPUs from Ampere on, CPUs with AMX), else fp32",
-}
-
-
 # Recipe fields with no flag: its identity, and the per-dataset overrides (a flag would override those anyway).
 NOT_FLAGS = ("name", "description", "dataset_overrides")
 
@@ -152,7 +104,7 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         if field.name in NOT_FLAGS:
             continue
         flag = "--" + field.name.replace("_", "-")
-        help_text = RECIPE_HELP.get(field.name, f"recipe field {field.name}")
+        help_text = field.metadata["help"].replace("%", "%%")  # the help lives on the field; argparse formats %
         if field.type == "bool":
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

@@ -19,63 +19,113 @@ if TYPE_CHECKING:
 class Recipe:
     """Everything that decides a training run; every field can be overridden from the CLI (--field-name)."""
 
-    name: str
-    description: str
-    model: str
-    dataset: str = "mnist"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 64
+    name: str = field(metadata={"help": "the recipe's name, as `mnist-nn train --recipe NAME` takes it"})
+    description: str = field(metadata={"help": "one line on what the recipe is for (shown by `mnist-nn recipes`)"})
+    model: str = field(metadata={"help": "model name, overriding the recipe's (see `mnist-nn models`)"})
+    dataset: str = field(default="mnist", metadata={"help": "dataset name: mnist or fashion-mnist"})
+    model_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "model arguments as JSON, e.g. '{\"hidden\": [512, 512]}'"}
+    )
+    epochs: int = field(default=10, metadata={"help": "number of passes over the training set"})
+    batch_size: int = field(default=64, metadata={"help": "training batch size"})
     # Optimizer: adam, adamw or sgd (momentum, optionally Nesterov).
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = True
+    optimizer: str = field(default="adam", metadata={"help": "adam, adamw or sgd"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (the peak, with a schedule)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    nesterov: bool = field(default=True, metadata={"help": "Nesterov momentum for SGD"})
     # Adam's and AdamW's (beta1, beta2): the decay of the averages of the gradient and its square.
     # Two fields rather than a pair, so that each is a plain --adam-beta1/--adam-beta2 flag.
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam's first-moment decay (beta1; 0.9 in PyTorch)"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam's second-moment decay (beta2; 0.999 in PyTorch)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay (decoupled for adamw)"})
     # Learning-rate schedule (see schedules.py): constant, step, cosine or onecycle, after a linear warm-up.
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    step_epochs: int = 10  # for "step": multiply the lr by gamma every step_epochs epochs
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0  # max gradient norm; 0 is off
-    ema_decay: float = 0.0  # exponential moving average of the weights, per step; 0 is off
+    schedule: str = field(
+        default="constant", metadata={"help": "learning-rate schedule: constant, step, cosine or onecycle"}
+    )
+    warmup_epochs: float = field(
+        default=0.0, metadata={"help": "linear learning-rate warm-up, in epochs (may be fractional)"}
+    )
+    step_epochs: int = field(
+        default=10, metadata={"help": "for the step schedule: multiply the lr by --gamma every this many epochs"}
+    )
+    gamma: float = field(default=0.1, metadata={"help": "for the step schedule: the factor"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy loss, 0 to <1"})
+    grad_clip: float = field(default=0.0, metadata={"help": "clip the gradient norm to this value (0: off)"})
+    ema_decay: float = field(
+        default=0.0,
+        metadata={"help": "evaluate and save an exponential moving average of the weights (e.g. 0.999; 0: off)"},
+    )
     # Augmentation on the device (see augment.py); all zero is off.
-    aug_rotate: float = 0.0
-    aug_shift: float = 0.0
-    aug_scale: float = 0.0
-    aug_shear: float = 0.0
-    aug_elastic: float = 0.0
-    aug_elastic_sigma: float = 4.0
-    aug_flip: float = 0.0
+    aug_rotate: float = field(default=0.0, metadata={"help": "augmentation: random rotation up to this many degrees"})
+    aug_shift: float = field(default=0.0, metadata={"help": "augmentation: random shift up to this many pixels"})
+    aug_scale: float = field(
+        default=0.0, metadata={"help": "augmentation: random zoom by up to this fraction (0.1: 90%-110%)"}
+    )
+    aug_shear: float = field(default=0.0, metadata={"help": "augmentation: random shear up to this many degrees"})
+    aug_elastic: float = field(
+        default=0.0, metadata={"help": "augmentation: elastic distortion of up to this many pixels (0: off)"}
+    )
+    aug_elastic_sigma: float = field(
+        default=4.0, metadata={"help": "augmentation: smoothness of the elastic distortion, pixels"}
+    )
+    aug_flip: float = field(
+        default=0.0,
+        metadata={"help": "augmentation: probability of a left-right mirror image (for clothes; never for digits)"},
+    )
     # Ink augmentations (real pens, paper, light and cameras; see augment.augment_ink); all zero is off.
-    aug_thickness: float = 0.0
-    aug_blur: float = 0.0
-    aug_contrast: float = 0.0
-    aug_brightness: float = 0.0
-    aug_noise: float = 0.0
-    aug_occlude: float = 0.0
-    aug_lowres: float = 0.0
-    aug_ink_share: float = 0.25
-    shuffle: bool = True
+    aug_thickness: float = field(
+        default=0.0,
+        metadata={"help": "ink: pens finer or thicker by up to this many pixel steps (erosion or dilation)"},
+    )
+    aug_blur: float = field(default=0.0, metadata={"help": "ink: focus or motion blur up to this sigma, pixels"})
+    aug_contrast: float = field(default=0.0, metadata={"help": "ink: fainter by up to this fraction"})
+    aug_brightness: float = field(
+        default=0.0, metadata={"help": "ink: paper greyer, evenly or as a shade, by up to this much of full ink"}
+    )
+    aug_noise: float = field(
+        default=0.0, metadata={"help": "ink: sensor noise up to this std, or specks on up to this share of pixels"}
+    )
+    aug_occlude: float = field(
+        default=0.0,
+        metadata={"help": "ink: stray lines or dotted lines up to this ink (1: full), or a band along an edge"},
+    )
+    aug_lowres: float = field(
+        default=0.0, metadata={"help": "ink: resolution loss, down to 28*(1-this) pixels a side and back"}
+    )
+    aug_ink_share: float = field(
+        default=0.25, metadata={"help": "ink: the share of images each ink augmentation is applied to"}
+    )
+    shuffle: bool = field(default=True, metadata={"help": "shuffle the training set every epoch"})
     # "unit": pixels scaled to [0, 1] (the tutorial's ToTensor); "standard": then (x - mean) / std.
-    normalization: str = "standard"
-    val_size: int = 5000
-    patience: int = 0  # early stopping after this many epochs without a better validation accuracy; 0 is off
-    channels_last: bool = False
+    normalization: str = field(default="standard", metadata={"help": "unit ([0, 1]) or standard ((x - mean) / std)"})
+    val_size: int = field(
+        default=5000, metadata={"help": "training images held out for validation (selects the best epoch)"}
+    )
+    patience: int = field(
+        default=0, metadata={"help": "stop after this many epochs without a better validation accuracy (0: off)"}
+    )
+    channels_last: bool = field(
+        default=False, metadata={"help": "channels-last memory format (faster convolutions on CPU)"}
+    )
     # "bf16": autocast the forward pass to bfloat16 (fast on recent GPUs and CPUs with AMX);
     # "auto": bf16 where the device has it in hardware, else fp32 (see device.native_bf16).
-    precision: str = "fp32"
-    seed: int = 0
-    eval_batch_size: int = 2000
-    log_every: int = 100
-    # Per-dataset changes to the fields above, applied when the run uses that dataset (before any flag):
-    # the label-preserving augmentations and the capacity that pays off differ between digits and clothes.
-    dataset_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32; bf16 to autocast the forward pass to bfloat16; auto: bf16 where the hardware has it "
+            "(CUDA GPUs from Ampere on, CPUs with AMX), else fp32"
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "random seed for weights, order, augmentation and validation split"})
+    eval_batch_size: int = field(default=2000, metadata={"help": "batch size for evaluation"})
+    log_every: int = field(default=100, metadata={"help": "print the loss every this many batches"})
+    # The label-preserving augmentations and the capacity that pays off differ between digits and clothes.
+    dataset_overrides: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "per-dataset changes to the other fields, applied when a run uses that dataset (before any flag)"
+        },
+    )
 
     def for_dataset(self, dataset: str) -> Recipe:
         """This recipe as it runs on `dataset`, its override for that dataset applied.
@@ -311,23 +361,9 @@ register_recipe(
 # step (a full one leaves 13% of a digit's ink) 48 and 49 against 42 and 44; a flag on 30% of the 1s, as
 # much of the world writes them, 50 and 49 (scikit-learn's 8x8 digits: 97.38%, 97.55% against 97.16%, 96.88%).
 register_recipe(
-    Recipe(
+    RECIPES.lookup("cnn-best").replace(
         name="robust",
         description="real handwriting: cnn-best trained on ink as pens, paper, light and cameras change it",
-        model="cnn-best",
-        epochs=15,
-        batch_size=128,
-        optimizer="adamw",
-        lr=3e-3,
-        weight_decay=5e-4,
-        schedule="onecycle",
-        warmup_epochs=2,
-        label_smoothing=0.1,
-        ema_decay=0.999,
-        aug_rotate=10,
-        aug_shift=2.5,
-        aug_scale=0.1,
-        aug_shear=8,
         aug_thickness=1.5,
         aug_blur=1.0,
         aug_contrast=0.6,
@@ -337,7 +373,7 @@ register_recipe(
         aug_lowres=0.5,
         aug_ink_share=0.12,
         val_size=0,
-        channels_last=True,
+        dataset_overrides={},  # ink is for digits: none of cnn-best's changes for clothes
     )
 )
 
