@@ -18,7 +18,7 @@ from common import OLD_HOST, RESULTS, ROOT, host_label
 
 READMES = [ROOT / "README.md", ROOT / "README_Chinese.md", ROOT / "benchmarks" / "README.md"]
 RECIPE_ORDER = ["tutorial", "mlp-best", "cnn-fast", "cnn-best", "robust"]
-PRETRAINED_INDEX = ROOT / "src" / "mnist_nn" / "pretrained" / "models.json"
+PRETRAINED_INDEX = ROOT / "src" / "mnist_nn" / "models" / "pretrained" / "models.json"
 
 
 def _load(results: Path, pattern: str) -> list[dict]:
@@ -372,8 +372,8 @@ def photo_table(results: Path, chinese: bool) -> str:
 
 
 def pretrained_table(results: Path, chinese: bool) -> str:
-    """The bundled models (src/mnist_nn/pretrained/models.json, made by scripts/make_pretrained.py)."""
-    models = json.loads(PRETRAINED_INDEX.read_text())["models"] if PRETRAINED_INDEX.exists() else []
+    """The bundled models (src/mnist_nn/models/pretrained/models.json, made by scripts/make_pretrained.py)."""
+    models = json.loads(PRETRAINED_INDEX.read_text())["models"]  # missing: an error, never an empty table
     header = (
         "| 名称 | 配方（种子） | 参数 | 文件 | MNIST 测试集 | MNIST-C 平均 |"
         if chinese

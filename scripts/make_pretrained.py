@@ -1,4 +1,4 @@
-"""Make the models bundled in the package (src/mnist_nn/pretrained/) from our own recipes and seeds.
+"""Make the models bundled in the package (src/mnist_nn/models/pretrained/) from our own recipes and seeds.
 
     python scripts/make_pretrained.py --data-dir DIR                       # train and bundle all three
     python scripts/make_pretrained.py --data-dir DIR --only tutorial       # one of them

@@ -332,15 +332,15 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _model_catalog() -> list[tuple[str, str]]:
-    """(name, description) of each model registered in models.py, read from its source without running it.
+    """(name, description) of each model registered in models/networks.py, read from its source without running it.
 
-    models.py defines the networks as torch classes, so importing it loads torch (seconds); the
+    networks.py defines the networks as torch classes, so importing it loads torch (seconds); the
     listing only needs the names. tests/test_cli.py checks that this equals the registry.
     """
     import ast
     from importlib.util import find_spec
 
-    spec = find_spec(f"{__package__}.models")
+    spec = find_spec(f"{__package__}.models.networks")
     source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
     found = []
     for node in ast.walk(ast.parse(source)):
