@@ -20,9 +20,11 @@ from common import RESULTS, ROOT, default_data_dir, describe, write_result
 
 import mnist_nn
 from mnist_nn.inference.evaluate import evaluate_checkpoint
+from mnist_nn.training.recipes import Recipe
+from mnist_nn.training.trainer import resolve_recipe
 
 
-def _finished_run(out: Path, recipe: mnist_nn.training.recipes.Recipe, seed: int) -> dict | None:
+def _finished_run(out: Path, recipe: Recipe, seed: int) -> dict | None:
     """The summary of a finished run of this recipe and seed in ``out``; None when there is no finished run.
 
     Fields added to Recipe since the run count with their defaults. A finished run of another
@@ -33,7 +35,7 @@ def _finished_run(out: Path, recipe: mnist_nn.training.recipes.Recipe, seed: int
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    saved = mnist_nn.training.recipes.Recipe(**config["recipe"]).to_dict()
+    saved = Recipe(**config["recipe"]).to_dict()
     if saved != {**recipe.to_dict(), "seed": seed}:
         raise SystemExit(f"seeds: {out} holds a run of another recipe; move it away or drop --reuse")
     return summary
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tta and not args.ensemble:
         parser.error("--tta scores the ensemble: add --ensemble")
 
-    recipe = mnist_nn.training.trainer.resolve_recipe(args.recipe, dataset=args.dataset, epochs=args.epochs)
+    recipe = resolve_recipe(args.recipe, dataset=args.dataset, epochs=args.epochs)
     label = f"recipe-{recipe.name}" + ("" if recipe.dataset == "mnist" else f"-{recipe.dataset}")
     if args.epochs is not None:
         label += f"-{args.epochs}ep"

@@ -205,14 +205,23 @@ def test_a_run_stopped_by_the_old_trainer_resumes_to_its_uninterrupted_result(co
     run = shutil.copytree(OLD_RUNS / "stopped", tmp_path / "stopped")
     assert main(["train", "--resume", str(run), "--data-dir", str(compat_dataset)]) == 0
     assert "resuming" in capsys.readouterr().out
-    assert _rows(run) == _rows(OLD_RUNS / "finished")
+    resumed, finished = _rows(run), _rows(OLD_RUNS / "finished")
+    # The old files were written on an Intel host with AMX. Another CPU's kernels round differently in the
+    # last float bits (seen on an AMD EPYC host: 3e-8 relative in a loss), so across hosts the figures agree
+    # to float precision, not bitwise; on one host the resume is bitwise (tests/test_reliability.py).
+    assert [row.keys() for row in resumed] == [row.keys() for row in finished]
+    for ours, theirs in zip(resumed, finished, strict=True):
+        numbers = [key for key, value in theirs.items() if not isinstance(value, str)]
+        words = ours.keys() - numbers
+        assert {key: ours[key] for key in words} == {key: theirs[key] for key in words}
+        assert [ours[key] for key in numbers] == pytest.approx([theirs[key] for key in numbers], rel=1e-5)
     new, old = load_checkpoint(run / "model.pt"), load_checkpoint(OLD_RUNS / "finished" / "model.pt")
     # The run is written in today's shape: the recipe fields added since (the ink augmentations)
     # appear at their defaults, which draw nothing; everything the old run said is kept.
     assert new.meta.recipe == Recipe(**old.meta.recipe).to_dict()
     assert dataclasses.replace(new.meta, recipe=old.meta.recipe) == old.meta
     for a, b in zip(new.model.state_dict().values(), old.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_checkpoints_written_by_the_old_trainer_load(compat_dataset, tmp_path, capsys):

@@ -282,19 +282,17 @@ def check_batch_size(batch_size: int, world_size: int) -> None:
 
 
 class ShardLoss:
-    """The training loss under DDP, from this rank's shard of a global batch of ``batch_size``.
+    """The training loss under DDP: this rank's share of the mean loss over a global batch of ``batch_size``.
 
-    Each rank sums its shard's losses and scales by world size / global batch: DDP's gradient average
-    is then the gradient of the mean over the whole global batch, as with one process. The second value
-    returned is this rank's share of that mean: the ranks' shares add up to the global batch's loss.
+    Each rank sums its shard's losses and divides by the global batch: the ranks' shares add up to the
+    global batch's mean loss. DDP averages the gradients over the ranks, so the step scales this share's
+    gradient by the world size (``step.TrainStep``'s ``loss_scale``): the average is then the gradient of the
+    mean over the whole global batch, as with one process.
     """
 
     def __init__(self, label_smoothing: float, world_size: int) -> None:
         self.summed = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="sum")
         self.world_size = world_size
 
-    def __call__(
-        self, logits: torch.Tensor, targets: torch.Tensor, batch_size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        share = self.summed(logits, targets) / batch_size
-        return share * self.world_size, share
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return self.summed(logits, targets) / batch_size

@@ -297,6 +297,8 @@ class Trainer:
             compile_model=self.options.compile_model,
             deterministic=self.plan.deterministic,
         )
+        # Kept apart from config: a resumed run's config.json is the saved one (older ones lack the key).
+        self.capture = capture
         self.config["cuda_graph"] = capture
         if not capture:
             self.config["cuda_graph_reason"] = reason
@@ -325,8 +327,7 @@ class Trainer:
             shard=context.shard,
             loss_scale=loss_scale,
         )
-        capture = self.config["cuda_graph"]
-        return choose_step(step, self.model, self.ema, recipe.batch_size, capture=capture)
+        return choose_step(step, self.model, self.ema, recipe.batch_size, capture=self.capture)
 
     def _build_model(self) -> tuple[nn.Module, dict[str, Any]]:
         recipe, device = self.recipe, self.device
