@@ -1,9 +1,11 @@
-"""Render the README tables from benchmarks/results/*.json: no number in them is typed by hand.
+"""Render the documentation's result tables from benchmarks/results/*.json: no number in them is typed by hand.
 
-    python benchmarks/render_results.py            # rewrite the tables in README.md and README_Chinese.md
-    python benchmarks/render_results.py --check    # exit 1 if a README is out of date
+    python benchmarks/render_results.py            # rewrite the tables in the pages that show them
+    python benchmarks/render_results.py --check    # exit 1 if a page is out of date
 
-Each table lives between `<!-- NAME:start -->` and `<!-- NAME:end -->` markers.
+Each table lives between `<!-- NAME:start -->` and `<!-- NAME:end -->` markers, in any page of the
+documentation site (docs/**/*.md: `page.md` in English, `page.zh.md` in Chinese; today docs/results.md,
+docs/robustness.md and their twins) and in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -16,9 +18,19 @@ from pathlib import Path
 
 from common import OLD_HOST, RESULTS, ROOT, host_label
 
-READMES = [ROOT / "README.md", ROOT / "README_Chinese.md", ROOT / "benchmarks" / "README.md"]
+DOCS = ROOT / "docs"
 RECIPE_ORDER = ["tutorial", "mlp-best", "cnn-fast", "cnn-best", "robust"]
 PRETRAINED_INDEX = ROOT / "src" / "mnist_nn" / "models" / "pretrained" / "models.json"
+
+
+def pages() -> list[Path]:
+    """Every page that may show a table: the site's pages (both languages) and benchmarks/README.md."""
+    return [ROOT / "benchmarks" / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def is_chinese(page: Path) -> bool:
+    """The site's Chinese twin of a page is ``page.zh.md``; README_Chinese.md is the Chinese README."""
+    return page.name.endswith(".zh.md") or "Chinese" in page.name
 
 
 def _load(results: Path, pattern: str) -> list[dict]:
@@ -505,19 +517,26 @@ def render(text: str, results: Path, chinese: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--readme", type=Path, action="append", help="README file(s) to render (default: both)")
-    parser.add_argument("--check", action="store_true", help="only report whether the READMEs are up to date")
+    parser.add_argument(
+        "--page",
+        "--readme",
+        dest="page",
+        type=Path,
+        action="append",
+        help="page(s) to render (default: docs/**/*.md and benchmarks/README.md)",
+    )
+    parser.add_argument("--check", action="store_true", help="only report whether the pages are up to date")
     args = parser.parse_args(argv)
     stale = []
-    for readme in args.readme or READMES:
-        if not readme.exists():
+    for page in args.page or pages():
+        if not page.exists():
             continue
-        text = readme.read_text(encoding="utf-8")
-        new = render(text, args.results, chinese="Chinese" in readme.name)
+        text = page.read_text(encoding="utf-8")
+        new = render(text, args.results, chinese=is_chinese(page))
         if new != text:
-            stale.append(readme)
+            stale.append(page)
             if not args.check:
-                readme.write_text(new, encoding="utf-8")
+                page.write_text(new, encoding="utf-8")
     if args.check and stale:
         print("out of date: " + ", ".join(str(p) for p in stale) + " (run benchmarks/render_results.py)")
         return 1

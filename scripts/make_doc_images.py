@@ -1,9 +1,9 @@
-"""Regenerate the README's pictures and its sample training output from one real run.
+"""Regenerate the documentation's pictures and its sample training output from one real run.
 
-    python scripts/make_doc_images.py                 # train the tutorial recipe, refresh docs/images/ and the READMEs
+    python scripts/make_doc_images.py                 # train the tutorial recipe, refresh docs/images/ and the pages
     MNIST_NN_MAX_EPOCHS=3 python scripts/make_doc_images.py   # a shorter run (the output says how many epochs)
-    python scripts/make_doc_images.py --readmes-only  # only re-render the READMEs' sample output from docs/images/
-    python scripts/make_doc_images.py --check         # exit 1 if a README's sample output is out of date
+    python scripts/make_doc_images.py --pages-only    # only re-render the pages' sample output from docs/images/
+    python scripts/make_doc_images.py --check         # exit 1 if a page's sample output is out of date
 
 It runs the same commands a reader runs, in a scratch folder:
 
@@ -13,13 +13,14 @@ It runs the same commands a reader runs, in a scratch folder:
 and copies the run's loss.png, accuracy.png and predictions.png and the evaluation's confusion.png and
 mistakes.png into docs/images/. It also writes, from the MNIST test set, docs/images/digit.png (one digit,
 dark ink on white, as a reader would draw it) and docs/images/number.png (three digits side by side), the
-images the READMEs' `mnist-nn predict` examples read. When the web app exists (`mnist_nn.apps.serve`) and
+images the READMEs' and the site's `mnist-nn predict` examples read. When the web app exists (`mnist_nn.apps.serve`) and
 playwright with a Chromium is installed, docs/images/web-app.png is a screenshot of its page; otherwise
 that picture is skipped with a message.
 
 The full terminal output of the run is kept in docs/images/train-output.txt and its summary in
-docs/images/run-summary.json; the READMEs show an excerpt of it between the
-`<!-- train-output:start -->` and `<!-- train-output:end -->` markers, so no number there is typed by hand.
+docs/images/run-summary.json; the site's pages show an excerpt of it between the
+`<!-- train-output:start -->` and `<!-- train-output:end -->` markers (docs/index.md and docs/index.zh.md
+today; any page under docs/ may), so no number there is typed by hand.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "images"
-READMES = [ROOT / "README.md", ROOT / "README_Chinese.md"]
+DOCS = ROOT / "docs"
 TRANSCRIPT = IMAGES / "train-output.txt"
 SUMMARY = IMAGES / "run-summary.json"
 TRAIN_COMMAND = ["train", "--recipe", "tutorial", "--out", "runs/tutorial"]
@@ -70,7 +71,7 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     return result.stdout
 
 
-# --------------------------------------------------------------------------- the README excerpt
+# --------------------------------------------------------------------------- the pages' excerpt
 
 
 def excerpt(transcript: str, summary: dict) -> list[str]:
@@ -106,22 +107,26 @@ def train_output_block(chinese: bool) -> str:
 
 
 def render(text: str, chinese: bool) -> str:
-    pattern = re.compile(r"(<!-- train-output:start -->\n).*?(\n<!-- train-output:end -->)", re.S)
+    # Between the markers: the block, or nothing yet in a new page (the markers on consecutive lines).
+    pattern = re.compile(r"(<!-- train-output:start -->\n)(?:.*?\n)?(<!-- train-output:end -->)", re.S)
     block = train_output_block(chinese)
-    return pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
+    return pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text)
 
 
-def render_readmes(check: bool) -> list[Path]:
+def pages() -> list[Path]:
+    """The site's pages, both languages: ``page.md`` in English, ``page.zh.md`` its Chinese twin."""
+    return sorted(DOCS.rglob("*.md"))
+
+
+def render_pages(check: bool) -> list[Path]:
     stale = []
-    for readme in READMES:
-        if not readme.exists():
-            continue
-        text = readme.read_text(encoding="utf-8")
-        new = render(text, chinese="Chinese" in readme.name)
+    for page in pages():
+        text = page.read_text(encoding="utf-8")
+        new = render(text, chinese=page.name.endswith(".zh.md"))
         if new != text:
-            stale.append(readme)
+            stale.append(page)
             if not check:
-                readme.write_text(new, encoding="utf-8")
+                page.write_text(new, encoding="utf-8")
     return stale
 
 
@@ -225,22 +230,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=default_data_dir(), help="folder with the MNIST IDX files")
     parser.add_argument(
-        "--check", action="store_true", help="only check that the READMEs show the current docs/images/ output"
+        "--check", action="store_true", help="only check that the pages show the current docs/images/ output"
     )
     parser.add_argument(
-        "--readmes-only", action="store_true", help="only re-render the READMEs' sample output, without training"
+        "--pages-only",
+        "--readmes-only",
+        dest="pages_only",
+        action="store_true",
+        help="only re-render the pages' sample output, without training",
     )
     args = parser.parse_args(argv)
     if args.check:
-        stale = render_readmes(check=True)
+        stale = render_pages(check=True)
         if stale:
             print("out of date: " + ", ".join(str(p) for p in stale) + " (run scripts/make_doc_images.py)")
             return 1
         print("up to date")
         return 0
-    if not args.readmes_only:
+    if not args.pages_only:
         make_images(args.data_dir)
-    print(f"rendered {len(render_readmes(check=False))} README file(s)")
+    print(f"rendered {len(render_pages(check=False))} page(s)")
     return 0
 
 

@@ -53,7 +53,15 @@ def test_one_value_per_assignment():
 
 
 REPO = SOURCE.parents[1]
-DOCS = ("README.md", "README_Chinese.md", "docs/ARCHITECTURE.md")
+# The READMEs, and the site's pages that name code (docs/concepts.md took the READMEs' concepts section).
+DOCS = (
+    "README.md",
+    "README_Chinese.md",
+    "docs/ARCHITECTURE.md",
+    "docs/ARCHITECTURE.zh.md",
+    "docs/concepts.md",
+    "docs/concepts.zh.md",
+)
 # `src/mnist_nn/training/trainer.py:Trainer.train_step`: a file and a function, class or method in it.
 REFERENCE = re.compile(r"`(src/mnist_nn/[\w/]+\.py):([\w.]+)`")
 
