@@ -666,10 +666,28 @@ def bash_block(examples: tuple[Example, ...], language: str) -> str:
     return "```bash\n" + "\n".join(lines) + "\n```"
 
 
+# The runs the train page's examples make, which the other pages' examples use: how to make each, for the
+# docs test that runs every page's commands in a scratch folder of its own (tests/test_docs.py).
+SHARED_RUNS = {
+    "runs/tutorial-lr-0.002": "mnist-nn train --recipe tutorial --lr 0.002 --out runs/tutorial-lr-0.002",
+    "runs/tutorial": "mnist-nn train --recipe tutorial --out runs/tutorial",
+}
+
+
+def setup_comments(page: Page) -> list[str]:
+    """A hidden line per shared run the page's examples read (the train page makes them itself)."""
+    if page.name == "train":
+        return []
+    commands = " ".join(example.command for example in page.examples) + " "
+    needed = [run for run in SHARED_RUNS if f"{run}/" in commands or f"{run} " in commands]
+    return [f"<!-- docs-test setup: {SHARED_RUNS[run]} -->" for run in reversed(needed)]
+
+
 def render_page(page: Page, help_text: str, language: str) -> str:
     words = WORDS[language]
     parts = [
         MARK,
+        *setup_comments(page),
         f"# mnist-nn {page.name}",
         getattr(page, f"intro_{language}"),
     ]
