@@ -54,9 +54,9 @@ from IPython.display import Image, display
 
 import mnist_nn
 from mnist_nn.data.datasets import load_dataset, normalize
-from mnist_nn.models.scoring import evaluate
 from mnist_nn.inference.evaluate import evaluate_checkpoint
 from mnist_nn.models.networks import build_model, count_parameters
+from mnist_nn.models.scoring import evaluate
 
 DATA_DIR = os.environ.get("MNIST_NN_DATA")  # None: look in the cache, download if missing
 # The repository's root when Jupyter runs here in notebooks/, so runs land where the README says.
@@ -257,8 +257,8 @@ display(Image(filename=str(RUNS / "inspection" / "features.png")))""",
     ),
     (
         "code",
-        """from mnist_nn.lab.explain import save_explanations
-from mnist_nn.inference.predictor import Predictor
+        """from mnist_nn.inference.predictor import Predictor
+from mnist_nn.lab.explain import save_explanations
 
 # Why this answer? The image the model saw beside each pixel's part in it (integrated gradients).
 predictor = Predictor.from_checkpoint(run.run_dir / "model.pt")
