@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from conftest import REPO, assert_one_line_error, run_main, toy_spec, write_idx_dataset
 from mnist_nn.apps.watch import check_run_dir
 from mnist_nn.apps.watch.app import PAGE_CSP, STATIC, create_app
-from mnist_nn.apps.watch.runs import parse_json_lines, run_labels
+from mnist_nn.apps.watch.files import JsonLinesTail
+from mnist_nn.apps.watch.runs import run_labels
 
 TRAIN_SIZE, BATCH_SIZE, LOG_EVERY = 1000, 100, 5  # 10 batches an epoch, a point every 5
 
@@ -177,10 +178,18 @@ def test_a_partial_last_line_is_left_for_the_next_read(tmp_path):
     assert second["train"]["x"] == [0.5, 1.0, 1.5] and second["train"]["loss"][-1] == 0.75
 
 
-def test_parse_json_lines_counts_bad_complete_lines_only():
-    assert parse_json_lines(b'{"a": 1}\nnot json\n\n{"b": 2}\n{"c"') == ([{"a": 1}, {"b": 2}], 1)
-    assert parse_json_lines(b"") == ([], 0)
-    assert parse_json_lines(b'{"a": 1}') == ([], 0)
+def test_a_tailed_log_counts_bad_complete_lines_only(tmp_path):
+    tail, rows, restarts = JsonLinesTail(cap=1 << 20), [], []
+    (tmp_path / "log.jsonl").write_bytes(b'{"a": 1}\nnot json\n\n{"b": 2}\n{"c"')
+    tail.poll(tmp_path, "log.jsonl", rows.extend, lambda: restarts.append(len(rows)))
+    assert rows == [{"a": 1}, {"b": 2}] and tail.not_json == 1 and restarts == [0]
+    with open(tmp_path / "log.jsonl", "ab") as handle:
+        handle.write(b": 3} \n")
+    tail.poll(tmp_path, "log.jsonl", rows.extend, lambda: restarts.append(len(rows)))
+    assert rows[2:] == [{"c": 3}] and tail.last_read == 6 and restarts == [0]
+    (tmp_path / "log.jsonl").write_bytes(b"")  # truncated: what was read before no longer stands
+    tail.poll(tmp_path, "log.jsonl", rows.extend, lambda: restarts.append(len(rows)))
+    assert restarts == [0, 3] and tail.not_json == 0
 
 
 @pytest.mark.parametrize(

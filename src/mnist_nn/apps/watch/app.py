@@ -2,9 +2,9 @@
 
 The page polls ``/api/runs`` about once a second. Each answer carries an ETag, the version of
 the runs' files (their inodes, sizes and modification times): while nothing changed, a poll is
-answered 304 without reading or sending anything, and a poll after a change reads only the files
-that changed (``runs.FileCache``). The app serves only the folders it was started with; no request
-names a file.
+answered 304 without reading or sending anything, and a poll after a change reads only what
+changed: the bytes appended to a log, a small file rewritten (``runs.RunView``). The app serves
+only the folders it was started with; no request names a file.
 """
 
 from __future__ import annotations

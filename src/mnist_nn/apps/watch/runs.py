@@ -8,8 +8,10 @@ rewrites ``metrics.jsonl`` and ``batches.jsonl`` to its saved state and appends 
 So everything here is read as if it could be half-written or rewritten under us: a JSON-lines
 file's last line without its newline is still being written and is left for the next read, a
 line that is not a valid row is skipped and counted, and a file that cannot be read at all is
-a problem named in the run's status, never an exception. Nothing here imports torch: a viewer
-starts in a fraction of a second.
+a problem named in the run's status, never an exception. Only regular files inside the run
+directory are read, each up to a cap on the bytes read (``files.py``); the JSON-lines logs are
+tailed, so a poll reads only what was appended (``series.py``). Nothing here imports torch: a
+viewer starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from typing import Any
 
 from mnist_nn.core.errors import UserError
 
+from . import files
+from .series import BatchCurve, EvalCurve, number, whole
+
 log = logging.getLogger("mnist_nn.watch")
 
 # The files a training run writes into its run directory.
@@ -36,8 +41,8 @@ SUMMARY = "summary.json"
 WATCHED = (CONFIG, METRICS, BATCHES, SAMPLES, SUMMARY)
 # Any of these marks a folder as a run directory (a run stopped before its first epoch has only some).
 RUN_FILES = (*WATCHED, "state.pt", "model.pt")
-# A file this large is no run's log: it is not read into memory every second.
-MAX_FILE_BYTES = 64 * 1024 * 1024
+# config.json, samples.json and summary.json are a few kilobytes: a larger one is not read.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 DIGIT_PIXELS = 28 * 28
 
 
@@ -78,116 +83,29 @@ def run_labels(paths: Sequence[Path]) -> list[str]:
     return [str(path) for path in paths]
 
 
-class FileCache:
-    """Parses a file again only when its identity, size or modification time changed."""
+class DocumentCache:
+    """Whole small files (config.json, samples.json, summary.json), parsed again only when they change."""
 
     def __init__(self) -> None:
-        self._entries: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+        self._entries: dict[str, tuple[tuple[int, int, int], Any]] = {}
 
-    @staticmethod
-    def stamp(path: Path) -> tuple[int, int, int] | None:
-        try:
-            stat = path.stat()
-        except OSError:
-            return None
-        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-    def get(self, path: Path, parse: Callable[[bytes], Any]) -> Any:
+    def get(self, folder: Path, name: str, parse: Callable[[bytes], Any]) -> Any:
         """``parse(bytes)`` of the file, from the cache while it is unchanged; None when it is missing.
 
-        Raises OSError or ValueError for a file that cannot be read or parsed.
+        Raises OSError or ValueError (``files.Refused`` among them) for a file that cannot be read or parsed.
         """
-        stamp = self.stamp(path)
-        if stamp is None:
-            self._entries.pop(path, None)
-            return None
-        cached = self._entries.get(path)
-        if cached is not None and cached[0] == stamp:
+        info = files.safe_stat(folder, name)
+        cached = self._entries.get(name)
+        if info is not None and cached is not None and cached[0] == files.stamp_of(info):
             return cached[1]
-        if stamp[1] > MAX_FILE_BYTES:
-            raise ValueError(f"{stamp[1]:,} bytes, more than a run writes: not read")
-        value = parse(path.read_bytes())
-        self._entries[path] = (stamp, value)
+        self._entries.pop(name, None)
+        read = files.read_document(folder, name, MAX_DOCUMENT_BYTES) if info is not None else None
+        if read is None:
+            return None
+        stamp, data = read
+        value = parse(data)
+        self._entries[name] = (stamp, value)
         return value
-
-
-def parse_json_lines(data: bytes) -> tuple[list[Any], int]:
-    """The complete lines' JSON values, and how many complete lines were not JSON.
-
-    The text after the last newline is a line still being written: it is left for the next read.
-    """
-    complete = data[: data.rfind(b"\n") + 1]
-    rows, bad = [], 0
-    for line in complete.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except (ValueError, RecursionError):
-            bad += 1
-    return rows, bad
-
-
-def number(value: Any) -> float | None:
-    """A finite number as a float; None for anything else (JSON has no NaN, and a page cannot plot text)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def whole(value: Any) -> int | None:
-    """A non-negative integer, or None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def train_series(rows: list[Any], per_epoch: int | None) -> tuple[dict[str, list], int]:
-    """batches.jsonl as the points to plot: x in epochs (epoch 2, batch 469 of 938: 1.5); and rows skipped."""
-    points: dict[float, tuple[int | None, float]] = {}
-    skipped = 0
-    valid = []
-    for row in rows:
-        fields = row if isinstance(row, dict) else {}
-        epoch = whole(fields.get("epoch"))
-        batch = whole(fields.get("batch"))
-        loss = number(fields.get("train_loss"))
-        if not epoch or not batch or loss is None:
-            skipped += 1
-            continue
-        valid.append((epoch, batch, whole(fields.get("step")), loss))
-    # Without config.json the epoch's length is unknown: the longest epoch seen stands in for it.
-    per_epoch = per_epoch or max((batch for _, batch, _, _ in valid), default=1)
-    for epoch, batch, step, loss in valid:
-        points[round(epoch - 1 + min(batch, per_epoch) / per_epoch, 6)] = (step, loss)
-    xs = sorted(points)
-    return {"x": xs, "step": [points[x][0] for x in xs], "loss": [points[x][1] for x in xs]}, skipped
-
-
-def eval_series(rows: list[Any]) -> tuple[dict[str, Any], int]:
-    """metrics.jsonl as one value per epoch (the last line of an epoch counts); and rows skipped."""
-    by_epoch: dict[int, dict[str, Any]] = {}
-    skipped = 0
-    for row in rows:
-        epoch = whole(row.get("epoch")) if isinstance(row, dict) else None
-        if not epoch:
-            skipped += 1
-            continue
-        by_epoch[epoch] = row
-    epochs = sorted(by_epoch)
-    split = by_epoch[epochs[-1]].get("eval_split") if epochs else None
-
-    def column(key: str) -> list[float | None]:
-        return [number(by_epoch[epoch].get(key)) for epoch in epochs]
-
-    series = {
-        "split": split if isinstance(split, str) else None,
-        "epoch": epochs,
-        "train_loss": column("train_loss"),
-        "loss": column("eval_loss"),
-        "accuracy": column("eval_accuracy"),
-        "seconds": column("epoch_seconds"),
-    }
-    return series, skipped
 
 
 def latest_samples(data: bytes) -> dict[str, Any]:
@@ -244,30 +162,42 @@ def _reason(exc: BaseException) -> str:
 
 
 class RunView:
-    """One watched run directory: its files, read again only when they change, as one JSON-ready dict."""
+    """One watched run directory: its files, read again only as far as they changed, as one JSON-ready dict."""
 
     def __init__(self, path: Path, label: str) -> None:
         self.path = path
         self.label = label
-        self.cache = FileCache()
+        self.documents = DocumentCache()
+        self.batches = BatchCurve()
+        self.metrics = EvalCurve()
 
     def stamps(self) -> list[tuple[int, int, int] | None]:
         """What identifies the state of the run's files (their inode, size and modification time)."""
-        return [self.cache.stamp(self.path / name) for name in WATCHED]
+        stamps = []
+        for name in WATCHED:
+            try:
+                stamps.append(files.stamp_of(os.stat(self.path / name)))  # a stat never opens, never waits
+            except OSError:
+                stamps.append(None)
+        return stamps
 
     def _read(self, name: str, parse: Callable[[bytes], Any], problems: list[str]) -> Any:
         try:
-            return self.cache.get(self.path / name, parse)
+            return self.documents.get(self.path, name, parse)
         except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             problems.append(f"{name}: {_reason(exc)}")
             return None
 
-    def _lines(self, name: str, problems: list[str]) -> list[Any]:
-        parsed = self._read(name, parse_json_lines, problems)
-        rows, bad = parsed if parsed is not None else ([], 0)
-        if bad:
-            problems.append(f"{name}: {bad} line{'s' if bad > 1 else ''} not JSON, skipped")
-        return rows
+    def _curves(self, per_epoch: int | None, problems: list[str]) -> dict[str, Any]:
+        """The two logs' new rows read, and their curves and skipped-row counts."""
+        for curve in (self.batches, self.metrics):
+            try:
+                curve.update(self.path)
+            except (OSError, ValueError) as exc:
+                problems.append(f"{curve.name}: {_reason(exc)}")
+            problems.extend(curve.problems())
+        skipped = {c.name: c.skipped + c.tail.not_json for c in (self.batches, self.metrics)}
+        return {"train": self.batches.series(per_epoch), "eval": self.metrics.series(), "skipped": skipped}
 
     def snapshot(self) -> dict[str, Any]:
         """The run as the page shows it; a missing or unreadable file is a status or a problem, never an error."""
@@ -283,12 +213,7 @@ class RunView:
         data = config.get("data") if isinstance(config.get("data"), dict) else {}
         distributed = config.get("distributed") if isinstance(config.get("distributed"), dict) else {}
         per_epoch = _batches_per_epoch(data.get("train_size"), recipe.get("batch_size"))
-        train, skipped_train = train_series(self._lines(BATCHES, problems), per_epoch)
-        evals, skipped_eval = eval_series(self._lines(METRICS, problems))
-        for name, skipped in ((BATCHES, skipped_train), (METRICS, skipped_eval)):
-            if skipped:
-                rows = f"{skipped} row{'s' if skipped > 1 else ''}"
-                problems.append(f"{name}: {rows} without the expected fields, skipped")
+        curves = self._curves(per_epoch, problems)
         summary = self._read(SUMMARY, _json_object, problems)
         view.update(
             recipe=recipe.get("name") if isinstance(recipe.get("name"), str) else None,
@@ -298,20 +223,19 @@ class RunView:
             processes=whole(distributed.get("world_size")) or 1,
             batches_per_epoch=per_epoch,
             log_every=whole(recipe.get("log_every")),
-            train=train,
-            eval=evals,
+            **curves,
             samples=self._read(SAMPLES, latest_samples, problems),
             summary=_summary(summary),
             modified=self._modified(),
         )
-        view.update(progress(whole(recipe.get("epochs")), evals, train, view["summary"]))
+        view.update(progress(whole(recipe.get("epochs")), view["eval"], view["train"], view["summary"]))
         return view
 
     def _modified(self) -> float | None:
         times = []
         for name in WATCHED:
             try:
-                times.append((self.path / name).stat().st_mtime)
+                times.append(os.stat(self.path / name).st_mtime)
             except OSError:
                 continue
         return max(times, default=None)
