@@ -5,7 +5,9 @@
     python scripts/make_pretrained.py --data-dir DIR --from-run robust=runs/robust-seed0   # bundle a finished run
 
 Each model is trained with `mnist-nn train --recipe RECIPE --seed SEED` (or taken from a finished run
-of exactly that recipe and seed), its model.pt is copied into the package, and models.json records its
+of exactly that recipe and seed), its model.pt is copied into the package and calibrated (training fits the
+temperature of a recipe that holds a validation split out; `mnist-nn calibrate` that of one that does not,
+on 5,000 training digits), and models.json records its
 sha256, its clean accuracy on the MNIST test set and its MNIST-C mean accuracy (`mnist-nn robustness`).
 tests/test_bundled.py re-checks every hash and re-scores the clean accuracies against those numbers.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from mnist_nn import train
 from mnist_nn.data.datasets import load_dataset, normalize
+from mnist_nn.inference.calibrate import calibrate_checkpoint
 from mnist_nn.lab.robustness import score_checkpoint
 from mnist_nn.models.bundled import DEFAULT_MODEL, INDEX_NAME, PRETRAINED_DIR, BundledModel
 from mnist_nn.models.checkpoint import load_checkpoint
@@ -71,6 +74,8 @@ def main() -> int:
             )
             target = PRETRAINED_DIR / f"{name}.pt"
             shutil.copyfile(source, target)
+            if not load_checkpoint(target).meta.calibration:
+                calibrate_checkpoint(target, data_dir=args.data_dir, device="cpu", out=target)
             checkpoint = load_checkpoint(target)
             images = normalize(splits.test_images, checkpoint.mean, checkpoint.std, "cpu")
             clean = evaluate(checkpoint.model, images, splits.test_labels).accuracy
@@ -88,7 +93,8 @@ def main() -> int:
             )
             existing[name] = asdict(entry)
             print(f"{name}: {target.stat().st_size:,} bytes, clean {100 * clean:.2f}%, MNIST-C mean "
-                  f"{100 * corrupted.mean_accuracy:.2f}%, sha256 {entry.sha256[:16]}...")  # fmt: skip
+                  f"{100 * corrupted.mean_accuracy:.2f}%, temperature {checkpoint.temperature:.4g}, "
+                  f"sha256 {entry.sha256[:16]}...")  # fmt: skip
     order = [name for name, *_ in MODELS]
     models = sorted(existing.values(), key=lambda m: order.index(m["name"]))
     index_path.write_text(json.dumps({"models": models}, indent=2) + "\n")

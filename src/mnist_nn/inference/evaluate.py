@@ -1,4 +1,9 @@
-"""Metrics on a labelled split: loss, accuracy, per-class accuracy, confusion matrix."""
+"""Metrics on a labelled split: loss, accuracy, per-class accuracy, confusion matrix, calibration.
+
+Calibration (``models.calibration``): the expected calibration error over 15 confidence bins, the
+negative log-likelihood, and a reliability diagram. Each checkpoint's logits are already divided by its
+temperature (``load_checkpoint``), so these figures are those of the probabilities predict and serve give.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_nn.core.errors import UserError
+from mnist_nn.models.bundled import model_title
+from mnist_nn.models.calibration import ECE_BINS, ReliabilityBin, expected_calibration_error, reliability_bins
 from mnist_nn.models.scoring import Evaluation, model_outputs
 
 if TYPE_CHECKING:
@@ -83,7 +90,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Score one checkpoint, or an ensemble averaging several checkpoints' probabilities, on the test set.
 
-    Writes the confusion heatmap and the gallery of confident mistakes to ``out``
+    Writes the confusion heatmap, the gallery of confident mistakes and the reliability diagram to ``out``
     (default: an ``evaluation`` folder beside the first checkpoint). Returns the report.
     """
     from mnist_nn.core.device import configure_cpu, resolve_device
@@ -101,6 +108,7 @@ def evaluate_checkpoint(
     result = evaluation_from_log_probabilities(average_log_probabilities(members), splits.test_labels)
     report = _evaluation_report(checkpoints, members, result, splits.spec.classes, out_dir, tta)
     _save_evaluation_figures(result, splits.test_images, splits.spec.classes, out_dir)
+    _save_reliability_diagram(report, out_dir / "reliability.png")
     write_json(out_dir / "evaluation.json", report)
     return report
 
@@ -146,7 +154,8 @@ def _evaluation_report(
 ) -> dict[str, Any]:
     """The JSON report of an evaluation; an ensemble's also carries each member's own accuracy."""
     matrix = result.confusion_matrix()
-    name = checkpoints[0].model_name if len(checkpoints) == 1 else f"ensemble of {len(checkpoints)}"
+    first = checkpoints[0]
+    name = model_title(first.path, first.model_name) if len(checkpoints) == 1 else f"ensemble of {len(checkpoints)}"
     report = {
         "checkpoint": str(checkpoints[0].path) if len(checkpoints) == 1 else [str(c.path) for c in checkpoints],
         "model": name + (" with TTA" if tta else ""),
@@ -156,11 +165,16 @@ def _evaluation_report(
         "test_accuracy": result.accuracy,
         "test_loss": result.loss,
         "errors": int((result.predictions != result.labels).sum()),
+        **_calibration_report(checkpoints, result),
         "per_class_accuracy": dict(zip(classes, result.per_class_accuracy(), strict=True)),
         "confusion_matrix": matrix.tolist(),
         "most_confused": most_confused(matrix.tolist(), classes),
         "classes": list(classes),
-        "files": {"confusion": str(out_dir / "confusion.png"), "mistakes": str(out_dir / "mistakes.png")},
+        "files": {
+            "confusion": str(out_dir / "confusion.png"),
+            "mistakes": str(out_dir / "mistakes.png"),
+            "reliability": str(out_dir / "reliability.png"),
+        },
     }
     if len(checkpoints) > 1:
         report["member_accuracy"] = {
@@ -168,6 +182,45 @@ def _evaluation_report(
             for c, p in zip(checkpoints, members, strict=True)
         }
     return report
+
+
+def _calibration_report(checkpoints: Sequence[Checkpoint], result: Evaluation) -> dict[str, Any]:
+    """ECE (15 bins), NLL, each checkpoint's temperature, and the reliability diagram's bins."""
+    probabilities = result.logits.exp()  # the (averaged) log-probabilities of evaluation_from_log_probabilities
+    temperatures = [c.temperature for c in checkpoints]
+    return {
+        "ece": expected_calibration_error(probabilities, result.labels),
+        "ece_bins": ECE_BINS,
+        "nll": result.loss,
+        "temperature": temperatures[0] if len(temperatures) == 1 else temperatures,
+        "reliability": [b.to_dict() for b in reliability_bins(probabilities, result.labels)],
+    }
+
+
+def _save_reliability_diagram(report: dict[str, Any], path: Path) -> None:
+    """Accuracy against confidence per bin (Guo et al.'s figure): bars on the diagonal are calibrated."""
+    from mnist_nn.core import plots
+
+    bins = [ReliabilityBin(**row) for row in report["reliability"]]
+    figure, (top, bottom) = plots.plt.subplots(
+        2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    width = 1 / len(bins)
+    centres = [(b.lower + b.upper) / 2 for b in bins]
+    filled = [b for b in bins if b.count]
+    top.bar([(b.lower + b.upper) / 2 for b in filled], [b.accuracy for b in filled], width=width, edgecolor="black",
+            color="tab:blue", label="accuracy")  # fmt: skip
+    # Each bin's gap between accuracy and mean confidence, hatched: above the bar (under-confident) or inside it.
+    top.bar([(b.lower + b.upper) / 2 for b in filled], [abs(b.confidence - b.accuracy) for b in filled], width=width,
+            bottom=[min(b.accuracy, b.confidence) for b in filled], facecolor="none", edgecolor="tab:red",
+            hatch="//", label="gap to mean confidence")  # fmt: skip
+    top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="calibrated")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    top.set_title(f"{report['model']}: ECE {100 * report['ece']:.2f}% ({len(bins)} bins), NLL {report['nll']:.4f}")
+    top.legend(loc="upper left")
+    bottom.bar(centres, [b.count for b in bins], width=width, edgecolor="black", color="tab:gray")
+    bottom.set(xlabel="confidence (the best class's probability)", ylabel="digits", yscale="symlog")
+    plots.save_figure(figure, path)
 
 
 def _save_evaluation_figures(
@@ -223,6 +276,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"{report['model']} on {report['dataset']} test set ({report['test_size']:,} images)",
         f"accuracy {100 * report['test_accuracy']:.2f}%  loss {report['test_loss']:.4f}  errors {report['errors']}",
+        f"calibration: ECE {100 * report['ece']:.2f}% ({report['ece_bins']} bins)  NLL {report['nll']:.4f}  "
+        f"temperature {_temperatures(report['temperature'])}",
     ]
     for path, accuracy in report.get("member_accuracy", {}).items():
         lines.append(f"  member {path}: {100 * accuracy:.2f}%")
@@ -238,5 +293,11 @@ def format_report(report: dict[str, Any]) -> str:
     if confused:
         lines += ["", "most confused (true -> predicted: images):"]
         lines += [f"  {p['true']:>{width}} -> {p['predicted']:<{width}}  {p['count']:>5}" for p in confused]
-    lines += ["", f"heatmap: {report['files']['confusion']}", f"mistakes: {report['files']['mistakes']}"]
+    files = report["files"]
+    lines += ["", f"heatmap: {files['confusion']}", f"mistakes: {files['mistakes']}"]
+    lines.append(f"reliability diagram: {files['reliability']}")
     return "\n".join(lines)
+
+
+def _temperatures(value: float | list[float]) -> str:
+    return ", ".join(f"{t:.4g}" for t in value) if isinstance(value, list) else f"{value:.4g}"

@@ -12,6 +12,7 @@ so a file can hold only tensors and plain containers, never code to run:
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import pickletools
@@ -29,18 +30,25 @@ from mnist_nn.core.errors import UserError
 from mnist_nn.core.fsutil import atomic_write
 from mnist_nn.core.version import __version__
 from mnist_nn.models.bundled import resolve_model
+from mnist_nn.models.calibration import TemperatureScaled, check_temperature
 from mnist_nn.models.networks import build_model
 
 FORMAT = "mnist-nn-checkpoint"
 FORMAT_VERSION = 1
 STATE_FORMAT = "mnist-nn-train-state"
 STATE_FORMAT_VERSION = 1
+# The most parameters a checkpoint's metadata may ask for: 400 MB of float32, 50 times the largest registered
+# model (the mlp's 1.9 M). Checked before anything is built, so a file cannot make a loader allocate gigabytes.
+MAX_PARAMETERS = 100_000_000
+# The longest list a model's kwargs may hold (layer widths, channels): building 10^6 layers would take minutes.
+MAX_KWARG_ITEMS = 100
 
 
 @dataclass
 class CheckpointMeta:
     """What a ``model.pt`` says about its weights (every ``state.pt`` carries it too): enough to rebuild
-    the model and to feed it inputs normalized as in training."""
+    the model, to feed it inputs normalized as in training, and to scale its logits to calibrated
+    probabilities (``calibration``: {"temperature", and how it was fitted}; empty: T = 1)."""
 
     model_name: str
     model_kwargs: dict[str, Any]
@@ -48,6 +56,11 @@ class CheckpointMeta:
     mean: float
     std: float
     recipe: dict[str, Any]
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration.get("temperature", 1.0))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +68,7 @@ class CheckpointMeta:
             "dataset": self.dataset,
             "normalization": {"mean": self.mean, "std": self.std},
             "recipe": self.recipe,
+            "calibration": self.calibration,
             "mnist_nn_version": __version__,
         }
 
@@ -69,12 +83,17 @@ class CheckpointMeta:
             mean=float(normalization["mean"]),
             std=float(normalization["std"]),
             recipe=payload["recipe"],
+            calibration=dict(payload.get("calibration") or {}),
         )
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the rebuilt model and its metadata."""
+    """A loaded checkpoint: the rebuilt model and its metadata.
+
+    ``model`` is the network inside a ``TemperatureScaled``: its logits are the calibrated ones (divided by
+    the checkpoint's temperature), for every consumer alike; ``network`` is the bare network.
+    """
 
     path: Path
     model: nn.Module
@@ -105,11 +124,24 @@ class Checkpoint:
     def recipe(self) -> dict[str, Any]:
         return self.meta.recipe
 
+    @property
+    def temperature(self) -> float:
+        return self.meta.temperature
+
+    @property
+    def network(self) -> nn.Module:
+        return self.model.network if isinstance(self.model, TemperatureScaled) else self.model
+
 
 def save_checkpoint(
     path: str | os.PathLike, model: nn.Module, meta: CheckpointMeta, metrics: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model.pt``: the weights (on the CPU), their metadata and ``metrics``, atomically."""
+    """Write ``model.pt``: the weights (on the CPU), their metadata and ``metrics``, atomically.
+
+    A loaded checkpoint's ``model`` is saved as its bare network: the temperature lives in ``meta``.
+    """
+    if isinstance(model, TemperatureScaled):
+        model = model.network
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -275,6 +307,8 @@ def _check_container(path: Path, what: str, head: bytes) -> None:
             ) from None
         if not any(name.endswith("data.pkl") for name in names):
             raise UserError(f"{path}: a zip archive, but not a PyTorch file, so not an mnist-nn {what}")
+        if any("/code/__torch__/" in name or name.endswith("/constants.pkl") for name in names):
+            _refuse_export(path, what, "TorchScript", "torch.jit.load, in Python or C++ (libtorch)")
         if damaged is not None:
             raise UserError(
                 f"{path}: corrupt PyTorch file ({damaged} fails its checksum); copy or save the {what} again"
@@ -286,9 +320,20 @@ def _check_container(path: Path, what: str, head: bytes) -> None:
         if _legacy_cut_short(path):
             raise UserError(f"{path}: truncated PyTorch file (it ends too early); copy or save the {what} again")
         return
+    if path.suffix.lower() == ".onnx" and head[:1] == b"\x08":  # a protobuf ModelProto opens with ir_version
+        _refuse_export(path, what, "ONNX", "onnxruntime")
     raise UserError(
         f"{path}: not a PyTorch file (it starts with {head[:8]!r}, not the zip or pickle header torch.save "
         f"writes), so not an mnist-nn {what}"
+    )
+
+
+def _refuse_export(path: Path, what: str, kind: str, runner: str) -> NoReturn:
+    """An exported model is code for another runtime, not a checkpoint: say which file to give instead."""
+    article = "an" if kind[0] in "AEIOU" else "a"
+    raise UserError(
+        f"{path}: {article} {kind} model (as `mnist-nn export` writes), not an mnist-nn {what}: give the model.pt "
+        f"it was exported from; the {kind} file itself runs with {runner}"
     )
 
 
@@ -374,10 +419,114 @@ def load_checkpoint(
         raise UserError(f"{path}: incomplete mnist-nn checkpoint (missing or bad {exc})") from None
     if expect_dataset is not None and meta.dataset != expect_dataset:
         raise UserError(f"{path}: a checkpoint for {meta.dataset}, not {expect_dataset}")
-    model = build_model(meta.model_name, **meta.model_kwargs)
-    load_weights(model, state_dict, path, meta.model_name)
-    model.to(device).eval()
+    check_meta(path, meta)
+    check_size(path, meta, state_dict)
+    check_weights(path, state_dict)
+    network = build_model(meta.model_name, **meta.model_kwargs)
+    load_weights(network, state_dict, path, meta.model_name)
+    model = TemperatureScaled(network, meta.temperature).to(device).eval()
     return Checkpoint(path=path, model=model, meta=meta, metrics=payload.get("metrics", {}))
+
+
+# --------------------------------------------------------------------------- checks before building
+
+
+def check_meta(path: Path, meta: CheckpointMeta) -> None:
+    """The metadata's numbers, each failure one line naming its field: the normalization must be finite with
+    std above 0 (a std of 0 divides by zero), the temperature finite and above 0, the model's sizes sane."""
+    for name, value in (("normalization.mean", meta.mean), ("normalization.std", meta.std)):
+        if not math.isfinite(value):
+            raise UserError(f"{path}: bad checkpoint: {name} is {value}, not a finite number")
+    if meta.std <= 0:
+        raise UserError(f"{path}: bad checkpoint: normalization.std is {meta.std}; it must be above 0")
+    if not isinstance(meta.calibration, dict):
+        raise UserError(f"{path}: bad checkpoint: calibration must be a mapping, got {type(meta.calibration).__name__}")
+    if "temperature" in meta.calibration:
+        try:
+            check_temperature(meta.calibration["temperature"])
+        except ValueError as exc:
+            raise UserError(f"{path}: bad checkpoint: calibration.temperature {exc}") from None
+    for name, value in meta.model_kwargs.items():
+        _check_kwarg(path, f"model.kwargs.{name}", value)
+
+
+def _check_kwarg(path: Path, field_name: str, value: Any) -> None:
+    """A size cannot be negative, a rate must be finite, and a list of sizes stays short."""
+    if isinstance(value, (list, tuple)):
+        if len(value) > MAX_KWARG_ITEMS:
+            raise UserError(
+                f"{path}: bad checkpoint: {field_name} has {len(value):,} entries (at most {MAX_KWARG_ITEMS})"
+            )
+        for i, item in enumerate(value):
+            _check_kwarg(path, f"{field_name}[{i}]", item)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int) and value < 0:
+        raise UserError(f"{path}: bad checkpoint: {field_name} is {value}; a size cannot be negative")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{path}: bad checkpoint: {field_name} is {value}, not a finite number")
+
+
+def check_size(path: Path, meta: CheckpointMeta, state_dict: Any) -> None:
+    """The parameters the metadata implies, counted on PyTorch's "meta" device (shapes only, no memory),
+    against ``MAX_PARAMETERS`` and against the weights the file holds, before anything real is built."""
+    try:
+        with torch.device("meta"):
+            blueprint = build_model(meta.model_name, **meta.model_kwargs)
+    except UserError as exc:
+        raise UserError(f"{path}: bad checkpoint: model.kwargs: {str(exc)[:240]}") from None
+    except Exception as exc:  # a size no layer accepts (a width of 0 for a convolution, a number too large)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: bad checkpoint: model.kwargs cannot build {meta.model_name!r} ({reason[:160]})"
+        ) from None
+    wanted = sum(p.numel() for p in blueprint.parameters())
+    if wanted > MAX_PARAMETERS:
+        raise UserError(
+            f"{path}: bad checkpoint: model.kwargs ask for {wanted:,} parameters, over the {MAX_PARAMETERS:,} "
+            "a checkpoint may hold"
+        )
+    held = (
+        sum(v.numel() for v in state_dict.values() if isinstance(v, torch.Tensor))
+        if isinstance(state_dict, dict)
+        else 0
+    )
+    if wanted > held:
+        raise UserError(
+            f"{path}: bad checkpoint: model.kwargs ask for {wanted:,} parameters, but its state_dict holds "
+            f"{held:,} numbers: the weights do not fit model {meta.model_name!r}"
+        )
+
+
+def check_weights(path: Path, state_dict: Any) -> None:
+    """Every stored number finite (a NaN weight makes every answer NaN), batch-norm variances not negative."""
+    if not isinstance(state_dict, dict):
+        return  # load_weights names the problem
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        if not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"{path}: bad checkpoint: state_dict[{name!r}] holds NaN or infinite values (the weights of a "
+                "diverged run, or a damaged file)"
+            )
+        if str(name).endswith("running_var") and bool((tensor < 0).any()):
+            raise UserError(f"{path}: bad checkpoint: state_dict[{name!r}] holds negative variances")
+
+
+def write_calibration(
+    path: str | os.PathLike, calibration: dict[str, Any], out: str | os.PathLike | None = None
+) -> Path:
+    """Rewrite the ``model.pt`` at ``path`` (or write a copy to ``out``) with ``calibration``, atomically;
+    weights, metadata and metrics stay as they are. A training state cannot be calibrated: its model.pt can."""
+    path = resolve_model(path)
+    check_temperature(calibration["temperature"])
+    payload = _read_payload(path, "checkpoint")
+    if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
+        raise UserError(f"{path}: a training state; calibrate the model.pt of its run (or of its finished run)")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: a PyTorch file, but not an mnist-nn checkpoint (it holds {_describe(payload)})")
+    return _save(path if out is None else out, {**payload, "calibration": calibration})
 
 
 def _state_as_checkpoint(path: Path, state: dict[str, Any]) -> dict[str, Any]:

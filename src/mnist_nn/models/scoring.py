@@ -91,14 +91,18 @@ def model_outputs(
     autograd, concatenated (moved to the CPU batch by batch with ``to_cpu``). The default score is the
     float32 logits. An empty input still runs the model once, on zero images, so the width is the model's.
     """
+    # A model in eval mode (every served one) is left as it is: switching its every module to eval and
+    # back on each request cost more than a small model's forward pass.
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size) or range(1):
             output = score(model, images[start : start + batch_size])
             chunks.append(output.cpu() if to_cpu else output)
-    model.train(was_training)
+    if was_training:
+        model.train()
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
