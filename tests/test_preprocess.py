@@ -168,6 +168,19 @@ def test_uneven_light_is_flattened_before_the_ink_is_found(gradient, shadow, noi
     assert difference(uneven.pixels, even.pixels) < 10  # of 255: the same digit, at most half a pixel off
 
 
+def test_a_drawing_on_flat_paper_takes_the_fast_path_and_reads_as_the_full_path_does():
+    from mnist_nn.inference.preprocess import flatten_light
+
+    drawing = drawn_three()
+    inverted, paper = flatten_light(drawing)
+    assert inverted and np.ptp(paper) == 0  # one flat tone: no morphology was needed to find it
+    _inverted, lit_paper = flatten_light(lit(drawing, 35, 0, 0))
+    assert np.ptp(lit_paper) > 10  # uneven light still takes the full path, and is estimated
+    noisy = lit(drawing, 0, 0, 2)  # sensor noise: a photo's paper, the full path
+    assert np.ptp(flatten_light(noisy)[1]) > 0
+    assert difference(preprocess_image(drawing).pixels, preprocess_image(noisy).pixels) < 10
+
+
 def test_white_ink_on_transparency_is_read_from_the_alpha_channel():
     digit = 255 - drawn_three(paper=255, ink=0)  # coverage: 255 where the pen went
     dark_on_white = preprocess_image(load_grayscale(encode(Image.fromarray(255 - digit.astype(np.uint8)), "PNG")))

@@ -137,16 +137,16 @@ def test_small_requests_are_answered_on_the_loop_large_ones_in_a_thread(predicto
 
 
 def test_the_api_and_the_cli_read_through_the_same_method(client, predictor, monkeypatch):
-    """Both answer from Predictor.read_image: one reading, taken apart the same way by each."""
+    """Both answer from Predictor.read_image's halves (the server batches between them): one reading each."""
     calls = []
-    original = Predictor.read_image
+    original = Predictor.reading_of
 
-    def spy(self, source, **options):
-        reading = original(self, source, **options)
+    def spy(self, *args, **options):
+        reading = original(self, *args, **options)
         calls.append(reading)
         return reading
 
-    monkeypatch.setattr(Predictor, "read_image", spy)
+    monkeypatch.setattr(Predictor, "reading_of", spy)
     data = png_bytes(drawn_one())
     body = client.post("/api/predict", **upload(data)).json()
     cli = predictor.predict(data)
@@ -395,10 +395,10 @@ def test_too_many_pixels_is_413_by_its_type_not_its_words(client, monkeypatch):
             load_grayscale(_png_header_only(width, height), max_pixels=MAX_PIXELS)
 
     def refuse(error):
-        def read_image(self, source, **options):
+        def find_digits(self, source, **options):  # the first half of read_image, where images are refused
             raise error
 
-        monkeypatch.setattr(Predictor, "read_image", read_image)
+        monkeypatch.setattr(Predictor, "find_digits", find_digits)
         return client.post("/api/predict", **upload(png_bytes(drawn_one()), "x.png"))
 
     assert refuse(ImageTooLarge("<bytes>: 30,000 x 30,000")).status_code == 413

@@ -22,7 +22,10 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
+from mnist_nn.apps.serve.policy import Policy, server_policy
+from mnist_nn.apps.serve.protocol import KEEP_ALIVE_S, Limits, guarded_protocol
 from mnist_nn.core.errors import UserError
+from mnist_nn.models.bundled import model_title
 
 MAX_DEFAULT_WORKERS = 4
 # A worker that dies this soon after it started is failing, not unlucky: stop rather than loop.
@@ -101,12 +104,18 @@ def run(
     port: int = 8000,
     device: str = "cpu",
     workers: int | None = None,
+    *,
+    allowed_hosts: Iterable[str] = (),
+    cors_origins: Iterable[str] = (),
+    limits: Limits | None = None,
 ) -> None:
     """Serve ``checkpoint`` until Ctrl-C or SIGTERM. Only this path is ever loaded, never one a client sends.
 
     Each worker process parses requests on its event loop; small ones (a drawing, 28x28 JSON)
     are answered there too, larger images in a few worker threads (see app._is_small).
-    ``workers``: processes sharing the port (default: ``default_workers(device)``).
+    ``workers``: processes sharing the port (default: ``default_workers(device)``). ``allowed_hosts``: Host
+    names answered besides ``host`` and loopback's; ``cors_origins``: other origins whose pages may call the
+    API (policy.py). ``limits``: timeouts and the connection cap (protocol.py).
     """
     import torch
 
@@ -119,26 +128,22 @@ def run(
         raise UserError(f"--port must be from 1 to 65535, got {port}")
     if device == "auto":
         device = resolve_device(device).type  # on a machine without a GPU: the CPU, and several workers
-    workers = default_workers(device) if workers is None else workers
-    if workers < 1:
-        raise UserError(f"--workers must be a positive integer, got {workers}")
-    if workers > 1 and not multiprocess_supported():
-        raise UserError("--workers above 1 needs Linux (processes sharing a port through SO_REUSEPORT)")
-    if workers > 1 and device != "cpu":
-        raise UserError(f"--workers above 1 works with --device cpu only (a {device} context cannot be forked)")
+    workers = _checked_workers(default_workers(device) if workers is None else workers, device)
+    policy = _policy(host, allowed_hosts, cors_origins)
+    limits = _checked(limits or Limits())
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     sockets = bind(host, port, copies=workers)
     # One intra-op thread per request: large requests run side by side in worker threads (one per
     # core), and a 1x784 forward pass gains nothing from splitting, only synchronisation.
     torch.set_num_threads(int(os.environ.get("MNIST_NN_THREADS") or 1))
-    app = create_app(predictor)
+    app = create_app(predictor, policy=policy)
     warm_up(predictor)
     shown = f"[{host}]" if ":" in host else host
     meta = predictor.metadata
     accuracy = f", test accuracy {100 * meta['test_accuracy']:.2f}%" if meta.get("test_accuracy") else ""
     processes = f"{workers} worker processes, " if workers > 1 else ""
     print(
-        f"serving {meta['model']} ({meta['dataset']}{accuracy}) at http://{shown}:{port}/ "
+        f"serving {model_title(checkpoint, meta['model'])} ({meta['dataset']}{accuracy}) at http://{shown}:{port}/ "
         f"(API docs: http://{shown}:{port}/docs); {processes}Ctrl-C to stop",
         file=sys.stderr,
         flush=True,
@@ -147,19 +152,58 @@ def run(
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
     try:
         if workers == 1:
-            _serve(app, sockets[0])
+            _serve(app, sockets[0], limits)
         else:
-            Supervisor(app, sockets).run()
+            Supervisor(app, sockets, limits).run()
     finally:
         for sock in sockets:
             sock.close()
 
 
-def _serve(app: Any, sock: socket.socket, parent: int | None = None) -> None:
+def _checked_workers(workers: int, device: str) -> int:
+    if workers < 1:
+        raise UserError(f"--workers must be a positive integer, got {workers}")
+    if workers > 1 and not multiprocess_supported():
+        raise UserError("--workers above 1 needs Linux (processes sharing a port through SO_REUSEPORT)")
+    if workers > 1 and device != "cpu":
+        raise UserError(f"--workers above 1 works with --device cpu only (a {device} context cannot be forked)")
+    return workers
+
+
+def _policy(host: str, allowed_hosts: Iterable[str], cors_origins: Iterable[str]) -> Policy:
+    """The server's HTTP policy; a --cors-origin that is no origin is a one-line UserError."""
+    try:
+        return server_policy(host, allowed_hosts, cors_origins)
+    except ValueError as exc:
+        raise UserError(f"--cors-origin: {exc}; for example http://localhost:3000") from None
+
+
+def _checked(limits: Limits) -> Limits:
+    for name in ("header_timeout", "body_timeout", "max_connections"):
+        if not getattr(limits, name) > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(limits, name)}")
+    return limits
+
+
+def uvicorn_config(app: Any, limits: Limits | None = None) -> Any:
+    """uvicorn's configuration for ``app``: quiet, no Server header, and the guarded protocol (protocol.py)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        http=guarded_protocol(limits or Limits()),
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
+
+
+def _serve(app: Any, sock: socket.socket, limits: Limits, parent: int | None = None) -> None:
     """Run uvicorn on ``sock`` until a signal (or, given ``parent``, until that process is gone)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
+    config = uvicorn_config(app, limits)
     server = uvicorn.Server(config)
     if parent is not None:
         # A worker outliving a killed supervisor would keep answering on the port: leave with it.
@@ -179,9 +223,10 @@ class Supervisor:
     every fork (the first ones and replacements alike) copies a single-threaded process.
     """
 
-    def __init__(self, app: Any, sockets: list[socket.socket]) -> None:
+    def __init__(self, app: Any, sockets: list[socket.socket], limits: Limits) -> None:
         self.app = app
         self.sockets = sockets
+        self.limits = limits
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (socket index, start time)
         self.stopping = False
         self.quick_deaths = 0
@@ -231,7 +276,7 @@ class Supervisor:
                 for i, sock in enumerate(self.sockets):
                     if i != index:
                         sock.close()
-                _serve(self.app, self.sockets[index], parent=parent)
+                _serve(self.app, self.sockets[index], self.limits, parent=parent)
             except BaseException:
                 traceback.print_exc()
                 code = 1

@@ -7,6 +7,7 @@ fills them in from the paper around them, and leaves the light.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -17,6 +18,8 @@ from skimage.morphology import closing, footprint_rectangle
 from mnist_nn.inference.preprocess.arrays import border, median, resized, shrink
 from mnist_nn.inference.preprocess.strokes import mean_width
 from mnist_nn.inference.preprocess.thresholds import (
+    CLEAN_PAPER_NOISE,
+    CLEAN_PAPER_SHARE,
     DEEP_SHARE,
     EIGHT_CONNECTED,
     FILLED_DEPTH,
@@ -60,12 +63,15 @@ def flatten_light(work: np.ndarray) -> tuple[bool, np.ndarray]:
     height, width = work.shape
     factor = min(1.0, FLAT_SIZE / max(height, width))
     small = shrink(work, factor)
-    inverted, stroke = _polarity(small)
-    if min(height, width) < SMALL_IMAGE:
+    if min(height, width) < SMALL_IMAGE or _clean_paper(work):
         # A digit a few dozen pixels across fills its image: the morphology would find no paper around
         # the strokes at the edges, and the light has no room to vary (scikit-learn's 8x8 digits enlarged
-        # 4x: 90.5% read flattened, 91.9% not). The paper is the border's median, as it was everywhere.
-        return inverted, np.full_like(work, median(border(work)))
+        # 4x: 90.5% read flattened, 91.9% not). A drawing (the page's pad, an app's export) has no light to
+        # flatten at all. The paper is the border's median, as it was everywhere. Only the polarity is
+        # needed then, and such an image settles it from its extremes alone: the fast path, with no
+        # morphology, no median background and no stroke measured.
+        return _polarity(small)[0], np.full_like(work, median(border(work)))
+    inverted, stroke = _polarity(small, with_stroke=True)
     sign = 1.0 if inverted else -1.0  # work on dark ink either way: light ink is dark in -small
     fill = _closing(small, sign)
     paper, side = _paper(small, sign, stroke, fill)
@@ -75,6 +81,21 @@ def flatten_light(work: np.ndarray) -> tuple[bool, np.ndarray]:
     if factor < 1.0:
         paper = resized(paper, width, height)
     return inverted, paper
+
+
+def _clean_paper(work: np.ndarray) -> bool:
+    """Whether the paper is one flat tone, as in a drawing: nothing to flatten.
+
+    The whole border lies within CLEAN_PAPER_NOISE grey levels of its median, and so does at least
+    CLEAN_PAPER_SHARE of the image (ink covers far less of a digit's picture). A photo's sensor noise
+    alone (2-12 grey levels in the photo-like sets) keeps it on the full path, and so does any light
+    that varies along the border.
+    """
+    edge = border(work)
+    level = median(edge)
+    if float(np.abs(edge - level).max()) > CLEAN_PAPER_NOISE:
+        return False
+    return float((np.abs(work - level) <= CLEAN_PAPER_NOISE).mean()) >= CLEAN_PAPER_SHARE
 
 
 def _closing(small: np.ndarray, sign: float) -> Fill:
@@ -148,23 +169,26 @@ def _sharp(small: np.ndarray, depth: np.ndarray) -> np.ndarray:
     return sharp[labels]
 
 
-def _polarity(small: np.ndarray) -> tuple[bool, float]:
-    """(dark ink?, the ink's stroke width in ``small``'s pixels), against a rough median background.
+def _polarity(small: np.ndarray, with_stroke: bool = False) -> tuple[bool, float]:
+    """(dark ink?, the ink's stroke width in ``small``'s pixels, or 1 unless ``with_stroke``).
 
     The ink is the extreme further from the paper, the border's median, when it is clearly further
     (twice). Else uneven light blurs that picture: a median over a window two thirds of the image
     wide is the paper for either polarity (ink covers less than half of such a window) and follows
     the light; what stands out from it beyond the noise, summed, is far larger on the ink's side.
     On that side, Otsu's threshold (and at least half the ink's strength) gives a rough ink mask
-    whose area / skeleton length is its stroke width.
+    whose area / skeleton length is its stroke width. The median background (the costly part on a
+    small image) is computed only when the extremes do not settle the polarity or a width is asked for.
     """
     tiny = shrink(small, min(1.0, POLARITY_SIZE / max(small.shape)))
-    window = max(MIN_FOOTPRINT, min(tiny.shape) // POLARITY_WINDOW_PARTS * POLARITY_WINDOW_TAKEN + 1)
-    rough = ndimage.median_filter(tiny, size=window, mode="nearest")
-    inverted = _dark_ink(small, tiny - rough)
-    if rough.shape != small.shape:
-        rough = resized(rough, small.shape[1], small.shape[0])
-    ink = rough - small if inverted else small - rough
+    rough = functools.cache(lambda: _rough_background(tiny))
+    inverted = _dark_ink(small, lambda: tiny - rough())
+    if not with_stroke:
+        return inverted, 1.0
+    background = rough()
+    if background.shape != small.shape:
+        background = resized(background, small.shape[1], small.shape[0])
+    ink = background - small if inverted else small - background
     if float(np.ptp(ink)) < MIN_INK_RANGE:
         return inverted, 1.0
     # At least half the ink's strength: a shadow the rough background missed is not taken for a stroke.
@@ -172,16 +196,23 @@ def _polarity(small: np.ndarray) -> tuple[bool, float]:
     return inverted, mean_width(mask)
 
 
-def _dark_ink(small: np.ndarray, residual: np.ndarray) -> bool:
+def _rough_background(tiny: np.ndarray) -> np.ndarray:
+    """The paper under ``tiny`` for either polarity: a median over a window two thirds of the image wide."""
+    window = max(MIN_FOOTPRINT, min(tiny.shape) // POLARITY_WINDOW_PARTS * POLARITY_WINDOW_TAKEN + 1)
+    return ndimage.median_filter(tiny, size=window, mode="nearest")
+
+
+def _dark_ink(small: np.ndarray, residual_of: Callable[[], np.ndarray]) -> bool:
     """Whether the ink is darker than the paper: the clearly further extreme, else the side standing out more.
 
-    ``residual`` is the tiny copy less its rough median background.
+    ``residual_of()`` is the tiny copy less its rough median background, computed only when needed.
     """
     background = median(border(small))
     darker = background - float(small.min())
     lighter = float(small.max()) - background
     if max(darker, lighter) >= POLARITY_MARGIN * min(darker, lighter):
         return darker > lighter
+    residual = residual_of()
     spread = MAD_TO_SIGMA * median(np.abs(residual).ravel()) + NOISE_FLOOR
     dark = float(np.clip(-residual - POLARITY_NOISE * spread, 0, None).sum())
     light = float(np.clip(residual - POLARITY_NOISE * spread, 0, None).sum())
