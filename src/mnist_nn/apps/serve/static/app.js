@@ -1,11 +1,23 @@
-// The drawing page: pointer events draw on #pad; the canvas goes to /api/predict as a PNG, where the
-// server prepares it exactly as `mnist-nn predict` would, and the answer fills the bars, the label
-// and the 28x28 preview; with "why this answer?" open it also asks for the explanation map and draws it
-// over the digit. No libraries, no network beyond this server.
-"use strict";
+// The drawing page: pointer events draw on #pad, and the network reads the digit as it is drawn.
+// Where WebAssembly and the model are at hand, in this browser: the pad is prepared as the server
+// would (preprocess.js) and the model runs in ONNX Runtime Web (model.js), every layer's output shown
+// in the layer panel (layers.js). Otherwise, and for uploaded images, "why this answer?" and a browser
+// without WebAssembly, the pad goes to /api/predict as a PNG, where the server prepares it exactly as
+// `mnist-nn predict` would. The answer fills the bars, the label and the 28x28 preview, and says where it
+// was computed. No libraries beyond the vendored runtime, no network beyond this page's own origin.
+//
+// The same page is the static folder of `mnist-nn export --format web` (<body data-mode="static">):
+// the model is model.onnx beside it, and what needs a server (uploads, explanations) is hidden.
+// Other pages can use it too: window.mnistNN.ready, window.mnistNN.predict(pixels) (see the docs).
 
-const DEBOUNCE_MS = 120; // after the pen rests this long, ask the network
-const MAX_WAIT_MS = 350; // ...and while it keeps moving, at least this often
+import { BrowserModel } from "./model.js";
+import { LayerPanel } from "./layers.js";
+import { canvasGrey, toMnist } from "./preprocess.js";
+
+const STATIC = document.body.dataset.mode === "static";
+const MODEL_URL = STATIC ? "model.onnx" : "api/model.onnx";
+const SERVER_TIMING = { debounce: 120, maxWait: 350 }; // after the pen rests this long, ask; while it moves, this often
+const LOCAL_TIMING = { debounce: 16, maxWait: 40 }; // in the browser an answer takes a millisecond: follow the pen
 const STROKE = 24; // px on the 280 px pad: about MNIST's 2-px strokes once the digit is scaled to 20 px
 const SEND_SIZE = 112; // px: what the pad is downscaled to before it is sent
 
@@ -34,6 +46,9 @@ let pending = null; // what to send once the request in flight is answered
 let generation = 0; // bumped by Clear: answers to older requests are dropped
 let answered = 0;
 let lastAsked = null; // what was sent last: opening "why this answer?" asks again for its map
+let local = null; // the model in this browser, once loaded; null: the server reads every digit
+let panel = null;
+let modelName = "model";
 
 // ------------------------------------------------------------------ the pad
 
@@ -115,12 +130,13 @@ function schedule() {
   clearTimeout(timer);
   setBusy(true);
   const waited = performance.now() - lastSent;
+  const timing = local ? LOCAL_TIMING : SERVER_TIMING;
   timer = setTimeout(
     () => {
       timer = null;
       submit({ kind: "pad" });
     },
-    waited > MAX_WAIT_MS ? 0 : DEBOUNCE_MS
+    waited > timing.maxWait ? 0 : timing.debounce
   );
 }
 
@@ -132,14 +148,19 @@ function setBusy(on) {
 
 // The pad is sent at 112x112: the server fits the ink into 20x20 anyway, and a quarter of the
 // pixels makes its preprocessing about 4x cheaper than the full 280x280 (2 ms instead of 9).
-function padBlob() {
+// The browser reads the same 112x112 copy, so that both ways start from the same image.
+function smallPad() {
   const small = document.createElement("canvas");
   small.width = small.height = SEND_SIZE;
-  const smallCtx = small.getContext("2d");
+  const smallCtx = small.getContext("2d", { willReadFrequently: true });
   smallCtx.imageSmoothingEnabled = true;
   smallCtx.imageSmoothingQuality = "high";
   smallCtx.drawImage(pad, 0, 0, SEND_SIZE, SEND_SIZE);
-  return new Promise((resolve) => small.toBlob(resolve, "image/png"));
+  return small;
+}
+
+function padBlob() {
+  return new Promise((resolve) => smallPad().toBlob(resolve, "image/png"));
 }
 
 async function submit(what) {
@@ -156,10 +177,15 @@ async function submit(what) {
   lastAsked = what;
   const mine = generation;
   try {
+    if (what.kind === "pad" && local && !why.open) {
+      await readInBrowser(mine);
+      return;
+    }
+    if (STATIC) return; // no server to ask: the page says why in the model line
     const form = new FormData();
     if (what.kind === "file") form.append("file", what.file, what.file.name || "upload");
     else form.append("file", await padBlob(), "drawing.png");
-    const url = why.open ? "/api/predict?explain=true" : "/api/predict";
+    const url = why.open ? "api/predict?explain=true" : "api/predict";
     const response = await fetch(url, { method: "POST", body: form });
     const body = await response.json().catch(() => ({}));
     if (mine !== generation) return;
@@ -228,7 +254,7 @@ function drawSeen(pixels) {
   const image = seenCtx.createImageData(28, 28);
   for (let y = 0; y < 28; y++) {
     for (let x = 0; x < 28; x++) {
-      const v = pixels ? pixels[y][x] : 0;
+      const v = pixels ? (pixels.length === 784 ? Math.round(pixels[28 * y + x]) : pixels[y][x]) : 0;
       const i = 4 * (28 * y + x);
       image.data[i] = image.data[i + 1] = image.data[i + 2] = v;
       image.data[i + 3] = 255;
@@ -278,7 +304,70 @@ function render(result) {
     drawSeen(result.seen);
     drawWhy(result.seen, result.explanation);
   }
-  latencyOut.textContent = `${result.model}, ${result.latency_ms.toFixed(1)} ms on the server`;
+  const where = result.where === "browser" ? "in this browser (WebAssembly)" : "on the server";
+  latencyOut.textContent = `${result.model}, ${result.latency_ms.toFixed(1)} ms ${where}`;
+  document.body.dataset.where = result.where || "server";
+}
+
+// ------------------------------------------------------------------ reading in the browser
+
+// The pad's digit read here: prepared as the server would, run by the model in WebAssembly.
+async function readInBrowser(mine) {
+  const start = performance.now();
+  const small = smallPad();
+  const grey = canvasGrey(small);
+  const pixels = toMnist(grey, small.width, small.height);
+  window.mnistNN.lastImage = { width: small.width, height: small.height, grey: Array.from(grey) };
+  window.mnistNN.lastInput = pixels ? Array.from(pixels) : null;
+  const reading = pixels ? await local.run(pixels, true) : null;
+  const latency = performance.now() - start;
+  if (mine !== generation) return;
+  statusOut.textContent = "";
+  if (!reading) {
+    render({ status: "no digit found", reason: "nothing stands out from the paper", model: modelName, latency_ms: latency, where: "browser" });
+    panel.show(null, null);
+    return;
+  }
+  const probabilities = Object.fromEntries(labels.map((name, i) => [name, reading.probabilities[i]]));
+  const best = labels.reduce((a, b) => (probabilities[b] > probabilities[a] ? b : a));
+  render({
+    status: "ok",
+    label: best,
+    confidence: probabilities[best],
+    probabilities,
+    seen: pixels,
+    explanation: null,
+    model: modelName,
+    latency_ms: latency,
+    where: "browser",
+  });
+  panel.show(reading.layers, reading.probabilities);
+}
+
+async function loadLocal() {
+  local = await BrowserModel.load(MODEL_URL);
+  const description = local.description;
+  panel = new LayerPanel(document.getElementById("layers"), description, local.weights);
+  panel.show(null, null);
+  document.getElementById("inside").hidden = false;
+  document.body.dataset.engine = "browser";
+  return description;
+}
+
+// 784 grey levels (MNIST form: light digit on dark, row by row, 0-255) -> the classes' probabilities.
+async function predict(pixels) {
+  if (!pixels || pixels.length !== 784) throw new TypeError("predict takes 784 grey levels (28x28, row by row)");
+  if (local) return Array.from((await local.run(pixels)).probabilities);
+  if (STATIC) throw new Error("this page cannot read digits: the browser has no WebAssembly, or the model did not load");
+  const rows = Array.from({ length: 28 }, (_, y) => Array.from(pixels.slice(28 * y, 28 * y + 28)));
+  const response = await fetch("api/predict?preprocess=false", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ pixels: rows }),
+  });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.detail || `error ${response.status}`);
+  return body.probabilities ? labels.map((name) => body.probabilities[name]) : null;
 }
 
 // Opening the toggle explains the answer on show: the same drawing or file is asked again, with its map.
@@ -334,22 +423,48 @@ dropzone.addEventListener("drop", (event) => {
 
 // ------------------------------------------------------------------ start
 
+function describe(model) {
+  const accuracy = model.test_accuracy == null ? "" : `, test accuracy ${(100 * model.test_accuracy).toFixed(2)}%`;
+  // A bundled model goes by its own name ("robust"), its network after it.
+  const name = model.pretrained ? `${model.pretrained} (${model.model || model.name})` : model.model || model.name;
+  return `${name}: ${model.parameters.toLocaleString("en")} parameters${accuracy}`;
+}
+
 async function loadModel() {
   const info = document.getElementById("model-info");
+  if (STATIC) {
+    try {
+      const description = await ready;
+      labels = description.labels;
+      modelName = description.model;
+      info.textContent = `${describe(description)}; runs in this browser`;
+    } catch (error) {
+      info.textContent = `this page cannot read digits here: ${error.message}`;
+    }
+    buildBars();
+    setBars(null);
+    return;
+  }
   try {
-    const response = await fetch("/api/model");
+    const response = await fetch("api/model");
     const model = await response.json();
     labels = model.labels;
-    const accuracy = model.test_accuracy == null ? "" : `, test accuracy ${(100 * model.test_accuracy).toFixed(2)}%`;
-    // A bundled model goes by its own name ("robust"), its network after it.
-    const name = model.pretrained ? `${model.pretrained} (${model.name})` : model.name;
-    info.textContent = `${name}: ${model.parameters.toLocaleString("en")} parameters${accuracy}`;
+    modelName = model.name;
+    info.textContent = describe(model);
   } catch {
     info.textContent = "model information unavailable";
   }
   buildBars();
   setBars(null);
 }
+
+// The model loads in the background; until it is ready (or where it cannot), the server reads the digits.
+const ready = loadLocal();
+ready.catch((error) => {
+  document.body.dataset.engine = STATIC ? "none" : "server";
+  document.body.dataset.engineError = error.message;
+});
+window.mnistNN = { ready, predict, lastInput: null, lastImage: null };
 
 resetPad();
 drawSeen(null);
