@@ -28,10 +28,10 @@ class Recipe:
     )
     epochs: int = field(default=10, metadata={"help": "number of passes over the training set"})
     batch_size: int = field(default=64, metadata={"help": "training batch size"})
-    # Optimizer: adam, adamw or sgd (momentum, optionally Nesterov).
-    optimizer: str = field(default="adam", metadata={"help": "adam, adamw or sgd"})
+    # Optimizer: adam, adamw, rmsprop or sgd (momentum, optionally Nesterov; momentum 0 is plain SGD).
+    optimizer: str = field(default="adam", metadata={"help": "adam, adamw, rmsprop or sgd"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate (the peak, with a schedule)"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum (0: plain SGD)"})
     nesterov: bool = field(default=True, metadata={"help": "Nesterov momentum for SGD"})
     # Adam's and AdamW's (beta1, beta2): the decay of the averages of the gradient and its square.
     # Two fields rather than a pair, so that each is a plain --adam-beta1/--adam-beta2 flag.
@@ -219,7 +219,7 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 
 RECIPES: Registry[Recipe] = Registry("recipe")
 
