@@ -147,8 +147,8 @@ def test_serve_without_a_checkpoint_answers_with_the_default_model():
             except OSError:
                 assert time.monotonic() < deadline, "the server did not answer"
                 time.sleep(0.2)
-        assert health["status"] == "ok" and health["model"] == "cnn-best"  # the robust recipe's network
-        assert health["pretrained"] == "robust"  # the bundled default, by its name
+        assert health["status"] == "ok" and health["model"] == "robust"  # the bundled default, by its own name
+        assert health["pretrained"] == "robust"
         boundary = "mnist-nn-test-boundary"
         body = (
             (
@@ -163,7 +163,8 @@ def test_serve_without_a_checkpoint_answers_with_the_default_model():
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
             answer = json.load(response)
-        assert answer["label"] == "7" and answer["model"] == "cnn-best"
+        assert answer["label"] == "7" and answer["model"] == "robust"
     finally:
         server.terminate()
         server.wait(30)
+    assert "serving robust (cnn-best) (mnist" in server.stderr.read().decode()  # its network beside its name

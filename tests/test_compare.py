@@ -84,7 +84,7 @@ def two_runs(tmp_path) -> tuple[Path, Path]:
 
 
 def test_compare_two_runs_names_the_fields_that_differ_and_writes_both_curves(two_runs, tmp_path, capsys):
-    png = tmp_path / "out" / "compare.png"
+    png = tmp_path / "compare.png"
     assert main(["compare", *map(str, two_runs), "--out", str(png)]) == 0
     lines = capsys.readouterr().out.splitlines()
     table = {line.split()[0]: line.split()[1:] for line in lines if line and not line.startswith("--")}
@@ -181,6 +181,7 @@ def test_runs_written_by_training_compare(tmp_path, capsys, toy_dataset):
         ("other json", "config.json is not a run's configuration"),
         ("bad summary", "summary.json is not a run's summary"),
         ("bad out", "names the PNG to write"),
+        ("out nowhere", "does not exist; create it, or choose another --out"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, two_runs, setup, fragment):
@@ -200,8 +201,10 @@ def test_bad_input_is_one_line(tmp_path, capsys, two_runs, setup, fragment):
         target = make_run(target, _recipe(), [_row(1)], {"recipe": "tutorial"})
     elif setup == "bad out":
         target, out = two_runs[0], tmp_path / "c.txt"
+    elif setup == "out nowhere":  # a mistyped folder is refused, as export does, not created
+        target, out = two_runs[0], tmp_path / "nowhere" / "c.png"
     assert main(["compare", str(two_runs[1]), str(target), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mnist-nn: error: ") and fragment in err and err.count("\n") == 1
-    assert "--out" in err if setup == "bad out" else True
-    assert not out.exists()
+    assert "--out" in err if setup.endswith("out") else True
+    assert not out.exists() and not (tmp_path / "nowhere").exists()

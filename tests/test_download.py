@@ -119,7 +119,7 @@ def test_data_without_download_says_both_ways(empty_cache, capsys):
     assert main(["data"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert err.startswith(f"mnist-nn: error: no mnist data found (searched $MNIST_NN_DATA and {empty_cache})")
+    assert err.startswith(f"mnist-nn: error: no mnist data found (searched the cache, {empty_cache})")
     assert "offline: put the four IDX files (train-images-idx3-ubyte[.gz]" in err
     assert "--data-dir DIR or `export MNIST_NN_DATA=DIR`" in err
     assert "online: `mnist-nn data --download` fetches it into the cache" in err

@@ -57,6 +57,10 @@ def test_table_grid_json_and_the_cache_reused(toy_run, cache, tmp_path, capsys):
     assert [row[0] for row in rows] == ["clean", *NAMES, "mean"]
     assert all(row[1].endswith("%") for row in rows)
     assert "built 15 corrupted sets, cached in" in out and f"grid: {grid}" in out
+    # Not a terminal (as in a log or CI): a progress line per corruption, on stderr, as each is scored.
+    progress = err.splitlines()
+    assert [line.split()[:2] for line in progress] == [[f"[{i}/15]", f"{name}:"] for i, name in enumerate(NAMES, 1)]
+    assert all(line.endswith(" s)") and "(built, " in line for line in progress)
     with Image.open(grid) as image:
         assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 400
     files = sorted(cache.glob("mnist-c/*/*.npy"))
@@ -67,6 +71,7 @@ def test_table_grid_json_and_the_cache_reused(toy_run, cache, tmp_path, capsys):
     code, out, err = run_main(capsys, "robustness", str(checkpoint), "--data-dir", str(folder), "--json")
     assert code == 0, err
     report = json.loads(out)
+    assert len(err.splitlines()) == 15 and "(from the cache, " in err
     assert report["built"] == [] and report["cache"] == str(files[0].parent)
     assert {path: path.stat().st_mtime_ns for path in files} == stamps
     assert list(report["corruptions"]) == list(NAMES)

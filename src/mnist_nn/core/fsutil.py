@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from mnist_nn.core.errors import UserError
+from mnist_nn.core.errors import UserError, option
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -57,4 +57,21 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise UserError(f"cannot write to output folder {path}: {reason}") from None
+    return path
+
+
+def png_destination(out: str | os.PathLike, default: bool = False) -> Path:
+    """Where a command writes its PNG: the ``--out`` a user named, checked before any work starts.
+
+    A folder named in ``--out`` must exist, as ``export`` requires: a mistyped path is an error, not a
+    tree of new folders. A default destination (``default=True``) may create its folder (``runs/``).
+    """
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"{option('out')} names the PNG to write; {path} does not end in .png")
+    if path.is_dir():
+        raise UserError(f"output {path} is a folder; give a file name to {option('out', metavar='FILE')}")
+    if not default and not path.parent.exists():
+        raise UserError(f"output folder {path.parent} does not exist; create it, or choose another {option('out')}")
+    ensure_writable_dir(path.parent)
     return path

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -248,9 +249,10 @@ def where_to_put_files() -> str:
 
 
 def not_found_message(spec: DatasetSpec) -> str:
-    """No data anywhere: say both ways to get it, since a download cannot work offline."""
+    """No data anywhere: say both ways to get it, since a download cannot work offline. Only the cache was
+    searched: a --data-dir or $MNIST_NN_DATA that was given either held the files or was an error of its own."""
     return (
-        f"no {spec.name} data found (searched $MNIST_NN_DATA and {cache_dir()}); offline: {where_to_put_files()}; "
+        f"no {spec.name} data found (searched the cache, {cache_dir()}); offline: {where_to_put_files()}; "
         "online: `mnist-nn data --download` fetches it into the cache"
     )
 
@@ -292,6 +294,26 @@ def mirrors_override() -> list[str] | None:
     return [m if m.endswith("/") else m + "/" for m in value.split(",") if m.strip()]
 
 
+def import_torchvision_datasets() -> ModuleType:
+    """torchvision.datasets; a torchvision built for another torch (it fails on import, e.g. "operator
+    torchvision::nms does not exist" when pip mixed a CPU torch with a CUDA torchvision) is one line saying so."""
+    try:
+        import torchvision.datasets as tvd
+    except (ImportError, RuntimeError) as exc:
+        import importlib.metadata
+
+        try:
+            installed = f"torchvision {importlib.metadata.version('torchvision')}"
+        except importlib.metadata.PackageNotFoundError:
+            installed = "no torchvision"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise UserError(
+            f"torchvision cannot be imported ({reason}): torch {torch.__version__} and {installed} must come from "
+            "the same index; reinstall both as docs/install.md says"
+        ) from None
+    return tvd
+
+
 def download(spec: DatasetSpec, root: Path | None = None) -> Path:
     """Download ``spec`` with torchvision's dataset class into the cache; verify before it lands.
 
@@ -299,8 +321,7 @@ def download(spec: DatasetSpec, root: Path | None = None) -> Path:
     $MNIST_NN_MIRROR may wrap the same content in another gzip, so there only the
     content MD5s (checked here for every download) decide.
     """
-    import torchvision.datasets as tvd
-
+    tvd = import_torchvision_datasets()
     root = Path(root) if root is not None else cache_dir()
     base = getattr(tvd, spec.torchvision_class, None)
     if base is None:  # a dataset registered without a download source

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from mnist_nn.models.checkpoint import Checkpoint
 
 NO_DIGIT = "no digit found"
+# A single-digit answer less sure than this, of an image that splits into several digits, gets --multi's hint.
+HINT_BELOW = 0.95
 UNCERTAIN = "uncertain"
 
 
@@ -172,6 +174,7 @@ class Predictor:
             "std": checkpoint.std,
             "labels": list(labels),
             "test_accuracy": checkpoint.metrics.get("test_accuracy"),
+            "temperature": checkpoint.temperature,  # already applied: checkpoint.model divides the logits by it
         }
         if zoom is None:
             zoom = float(checkpoint.recipe.get("aug_scale") or 0.0)
@@ -204,7 +207,13 @@ class Predictor:
         return average_log_probabilities(list(probabilities.log())).exp()
 
     def read(self, probabilities: torch.Tensor, top_k: int = 3, threshold: float = 0.0) -> list[DigitReading]:
-        """Turn probability rows into readings: best label, confidence, top-k, uncertain below ``threshold``."""
+        """Turn probability rows into readings: best label, confidence, top-k, uncertain below ``threshold``.
+
+        A probability that is not a number is refused (RuntimeError), never answered: load_checkpoint refuses
+        non-finite weights, so only a model built otherwise, or an overflow, can produce one.
+        """
+        if not bool(torch.isfinite(probabilities).all()):
+            raise RuntimeError("the model's probabilities are NaN or infinite: its weights or inputs are broken")
         k = max(1, min(top_k, len(self.labels)))
         values, indices = probabilities.topk(k, dim=1)
         readings = []
@@ -260,9 +269,27 @@ class Predictor:
         take it, so they cannot disagree. A blank image is a reading without digits. An unusable
         image raises ImageError naming it (ImageTooLarge for too many pixels).
         """
+        found = self.find_digits(source, preprocess=preprocess, multi=multi, max_pixels=max_pixels)
+        if isinstance(found, ImageReading):
+            return found
+        probabilities = self.zoomed_probabilities(np.stack([segment.pixels for segment in found]))
+        return self.reading_of(source_name(source), found, probabilities, top_k=top_k, threshold=threshold)
+
+    def find_digits(
+        self,
+        source: str | os.PathLike | bytes | Image.Image | np.ndarray,
+        *,
+        preprocess: bool = True,
+        multi: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> list[Segment] | ImageReading:
+        """read_image's first half: the digits to read, or the reading without digits of a blank image.
+
+        The web server reads the digits of concurrent requests in one forward pass between the halves.
+        """
         name = source_name(source)
         try:
-            segments = self.prepare(source, preprocess=preprocess, multi=multi, max_pixels=max_pixels)
+            return self.prepare(source, preprocess=preprocess, multi=multi, max_pixels=max_pixels)
         except NoDigitFound as exc:
             empty = np.zeros((0, MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
             return ImageReading(name, [], torch.zeros(0, len(self.labels)), empty, exc.reason, exc.seen)
@@ -272,12 +299,15 @@ class Predictor:
             # A damaged file can fail the preprocessing in ways no check foresaw: that is the image's
             # doing, reported like any unusable image; the original error stays attached as the cause.
             raise ImageError(f"{name}: could not process this image ({type(exc).__name__})") from exc
-        pixels = np.stack([segment.pixels for segment in segments])
-        probabilities = self.zoomed_probabilities(pixels)
+
+    def reading_of(
+        self, name: str, segments: list[Segment], probabilities: torch.Tensor, top_k: int = 3, threshold: float = 0.0
+    ) -> ImageReading:
+        """read_image's second half: the reading of ``segments`` from their ``zoomed_probabilities``."""
         digits = self.read(probabilities, top_k=top_k, threshold=threshold)
         for digit, segment in zip(digits, segments, strict=True):
             digit.box = segment.box
-        return ImageReading(name, digits, probabilities, pixels)
+        return ImageReading(name, digits, probabilities, np.stack([segment.pixels for segment in segments]))
 
     def predict(
         self,
@@ -442,7 +472,8 @@ def format_table(predictions: Sequence[Prediction], top_k: int = 3) -> str:
     for p in predictions:
         source = p.source if len(p.source) <= width else "..." + p.source[-(width - 3) :]
         if p.status == "error":
-            lines.append(f"{source:<{width}}  {'error':<14} {'':>6}  {p.error}")
+            # The reason goes once, to stderr as every error does (the command prints it): the row only marks the file.
+            lines.append(f"{source:<{width}}  error")
             continue
         if p.status == NO_DIGIT:
             lines.append(f"{source:<{width}}  {NO_DIGIT:<14} {'':>6}  {p.reason or ''}".rstrip())
@@ -456,6 +487,22 @@ def format_table(predictions: Sequence[Prediction], top_k: int = 3) -> str:
             details += "  (uncertain)"
         lines.append(f"{source:<{width}}  {answer or '':<14} {100 * (p.confidence or 0):5.1f}%  {details}")
     return "\n".join(lines)
+
+
+def several_digits_hints(predictions: Sequence[Prediction], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[str]:
+    """The sources read as one digit, without much confidence, whose ink falls into several digits side by
+    side (as ``--multi`` splits it): a number such as "42" read as its first digit. What predict hints at."""
+    hinted = []
+    for p in predictions:
+        if p.status not in ("ok", UNCERTAIN) or len(p.digits) != 1 or (p.confidence or 0.0) >= HINT_BELOW:
+            continue
+        try:
+            several = len(segment_digits(load_grayscale(p.source, max_pixels=max_pixels))) > 1
+        except Exception:  # only a hint: an image it cannot split gets none
+            several = False
+        if several:
+            hinted.append(p.source)
+    return hinted
 
 
 def check_options(top_k: int, threshold: float, max_pixels: int) -> None:

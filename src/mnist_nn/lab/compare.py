@@ -7,6 +7,7 @@ Everything is read from the run directories' files (``config.json``, ``metrics.j
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_nn.core.errors import UserError, option
-from mnist_nn.core.fsutil import ensure_writable_dir
+from mnist_nn.core.errors import UserError
+from mnist_nn.core.fsutil import png_destination
 
 # Recipe fields that say nothing about how a run trains: the name has its own row, the description follows it.
 NOT_COMPARED = ("name", "description")
@@ -28,6 +29,8 @@ SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_seconds")
 # A run with no summary.json whose files were written within this many seconds (or three of its epochs,
 # when longer) is taken to be training still; an older one has stopped (interrupted, diverged or killed).
 RUNNING_WINDOW = 120.0
+# The runs' names in the default figure's file name, at most this long (then the first two, a count and a hash).
+MAX_NAME_CHARS = 80
 
 
 @dataclass
@@ -145,17 +148,30 @@ def differing_fields(runs: Sequence[Run]) -> list[str]:
     return [key for key in order if len({canonical(run.recipe.get(key, missing)) for run in runs}) > 1]
 
 
-def compare_runs(paths: Sequence[str | os.PathLike], out: str | os.PathLike = "compare.png") -> dict[str, Any]:
-    """Read the runs, write the overlaid curves to ``out`` and return the comparison (what --json prints)."""
+def default_figure(runs: Sequence[Run]) -> Path:
+    """compare-A+B.png in the runs' common folder: beside them, and another set of runs gets another file."""
+    parents = [str(run.path.parent) for run in runs]
+    try:
+        folder = Path(os.path.commonpath(parents))
+    except ValueError:  # relative and absolute paths mixed
+        folder = Path(os.path.commonpath([os.path.abspath(parent) for parent in parents]))
+    names = [run.name.replace("/", "_") for run in runs]
+    joined = "+".join(names)
+    if len(joined) > MAX_NAME_CHARS:
+        digest = hashlib.sha1("\0".join(str(run.path.resolve()) for run in runs).encode()).hexdigest()[:8]
+        joined = f"{'+'.join(names[:2])[:MAX_NAME_CHARS]}+{len(names) - 2}-more-{digest}"
+    return folder / f"compare-{joined}.png"
+
+
+def compare_runs(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read the runs, write the overlaid curves to ``out`` (default: ``default_figure``) and return the comparison
+    (what --json prints)."""
     if not paths:
         raise UserError("compare needs at least one run directory")
     runs = [read_run(path) for path in paths]
     for run, label in zip(runs, run_labels([run.path for run in runs]), strict=True):
         run.name = label
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise UserError(f"{option('out')} names the PNG to write; {out} does not end in .png")
-    ensure_writable_dir(out.parent)
+    out = png_destination(default_figure(runs) if out is None else out, default=out is None)
     fields = differing_fields(runs)
     rows = []
     for run in runs:

@@ -20,6 +20,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +154,19 @@ def make_trainer(
     return trainer
 
 
+def default_figure(recipe: str) -> Path:
+    """runs/lr-find-RECIPE-TIME.png: where the runs go, and a later sweep never overwrites an earlier one."""
+    from mnist_nn.training.recipe_files import is_recipe_file
+
+    name = Path(recipe).stem if is_recipe_file(recipe) else recipe
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, suffix = Path("runs") / f"lr-find-{name}-{stamp}.png", 1
+    while path.exists():
+        suffix += 1
+        path = Path("runs") / f"lr-find-{name}-{stamp}-{suffix}.png"
+    return path
+
+
 def lr_find(
     recipe: str = "tutorial",
     *,
@@ -165,15 +179,12 @@ def lr_find(
     **overrides: Any,
 ) -> LRFind:
     """Run the range test on a fresh model of ``recipe`` (``overrides``: recipe fields to change, e.g.
-    ``batch_size=128``); write the loss-against-lr PNG (default: lr-find-RECIPE.png); return the sweep."""
+    ``batch_size=128``); write the loss-against-lr PNG (default: ``default_figure``); return the sweep."""
     from mnist_nn.core import plots
-    from mnist_nn.core.fsutil import ensure_writable_dir
+    from mnist_nn.core.fsutil import png_destination
 
     check_range(start, end, steps)
-    figure = Path(out) if out is not None else Path(f"lr-find-{recipe}.png")
-    if figure.suffix.lower() != ".png":
-        raise UserError(f"{option('out')} names the PNG to write; {figure} does not end in .png")
-    ensure_writable_dir(figure.parent)
+    figure = png_destination(default_figure(recipe), default=True) if out is None else png_destination(out)
     lrs = sweep_lrs(start, end, steps)
     with tempfile.TemporaryDirectory(prefix="mnist-nn-lr-find-") as scratch:
         trainer = make_trainer(recipe, data_dir, device, Path(scratch) / "run", overrides)

@@ -17,10 +17,12 @@ atomically; a cache that cannot be written only costs building the sets again ne
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import torch
@@ -28,7 +30,9 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mnist_nn.core.errors import UserError, option
+from mnist_nn.core.fsutil import png_destination
 from mnist_nn.data.corruptions import CORRUPTIONS_VERSION, NAMES, corrupt
+from mnist_nn.models.bundled import bundled_name, model_title
 
 if TYPE_CHECKING:
     from mnist_nn.data.datasets import Splits
@@ -147,7 +151,33 @@ class Robustness:
         }
 
 
-def _score(loaded: Checkpoint, splits: Splits, device: torch.device, batch_size: int, seed: int) -> Robustness:
+def console_progress(total: int = len(NAMES), stream: TextIO | None = None) -> Callable[[str], None]:
+    """Where ``robustness`` says how far it is (the first run builds the sets: minutes): on a terminal a bar
+    that goes away at the end, else (a log, a pipe, CI) one line per corruption, so silence never means a hang."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        return lambda line: print(line, file=stream, flush=True)
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, leave=False, file=stream, unit="corruption")
+
+    def step(line: str) -> None:
+        bar.set_postfix_str(line.split("] ", 1)[-1], refresh=False)
+        bar.update(1)
+        if bar.n >= total:
+            bar.close()
+
+    return step
+
+
+def _score(
+    loaded: Checkpoint,
+    splits: Splits,
+    device: torch.device,
+    batch_size: int,
+    seed: int,
+    progress: Callable[[str], None] | None = None,
+) -> Robustness:
     images, labels = splits.test_images, splits.test_labels
     normalization = (loaded.mean, loaded.std)
     folder = cache_folder(loaded.dataset, splits.checksums["t10k-images-idx3-ubyte"], seed)
@@ -161,16 +191,21 @@ def _score(loaded: Checkpoint, splits: Splits, device: torch.device, batch_size:
     examples: dict[str, np.ndarray] = {"clean": images[example].numpy()}
     built: list[str] = []  # the sets this call had to build rather than read from the cache
     all_cached = True
+    started = time.perf_counter()
     for name, corrupted, was_built, cached in corrupted_sets(images.numpy(), folder, seed):
         accuracies[name] = score(torch.from_numpy(corrupted))
         examples[name] = corrupted[example]
+        if progress is not None:
+            how = "built" if was_built else "from the cache"
+            seconds, started = time.perf_counter() - started, time.perf_counter()
+            progress(f"[{len(accuracies)}/{len(NAMES)}] {name}: {100 * accuracies[name]:.2f}% ({how}, {seconds:.1f} s)")
         if was_built:
             built.append(name)
         all_cached = all_cached and cached
     recipe = loaded.recipe.get("name") if isinstance(loaded.recipe, dict) else None
     return Robustness(
         checkpoint=str(loaded.path),
-        model=loaded.model_name,
+        model=model_title(loaded.path, loaded.model_name),
         recipe=recipe,
         dataset=loaded.dataset,
         test_size=len(labels),
@@ -241,10 +276,13 @@ def score_checkpoint(
 
 
 def _figure_path(out: str | os.PathLike | None, checkpoint: Path) -> Path:
-    figure = Path(out) if out is not None else checkpoint.parent / "robustness.png"
-    if figure.suffix.lower() != ".png":
-        raise UserError(f"{option('out')} names the PNG to write; {figure} does not end in .png")
-    return figure
+    """``out``, whose folder must exist; by default robustness.png beside the checkpoint, or for a bundled
+    model runs/robustness-NAME.png (never a file inside the installed package)."""
+    if out is not None:
+        return png_destination(out)
+    name = bundled_name(checkpoint)
+    default = Path("runs") / f"robustness-{name}.png" if name else checkpoint.parent / "robustness.png"
+    return png_destination(default, default=True)
 
 
 def robustness_report(
@@ -255,13 +293,13 @@ def robustness_report(
     out: str | os.PathLike | None = None,
     batch_size: int | None = None,
     seed: int = SEED,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """``score_checkpoint``, and the grid of one digit under each corruption written to ``out`` (default:
     robustness.png beside the checkpoint). Returns what ``--json`` prints: ``mean_accuracy`` over the
     corruptions, ``clean_accuracy`` apart, ``corruptions`` by name, the figure's path.
     """
     from mnist_nn.core import plots
-    from mnist_nn.core.fsutil import ensure_writable_dir
     from mnist_nn.data.datasets import load_dataset
     from mnist_nn.models.checkpoint import load_checkpoint
 
@@ -269,8 +307,7 @@ def robustness_report(
     loaded = load_checkpoint(checkpoint, torch_device)
     figure_path = _figure_path(out, loaded.path)
     splits = load_dataset(loaded.dataset, data_dir)
-    ensure_writable_dir(figure_path.parent)  # before the minutes of work, not after
-    result = _score(loaded, splits, torch_device, batch_size, seed)
+    result = _score(loaded, splits, torch_device, batch_size, seed, progress)
     plots.save_figure(robustness_figure(result), figure_path)
     return {**result.to_dict(), "figure": str(figure_path)}
 
@@ -279,7 +316,8 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as terminal text: the clean accuracy, one line per corruption, the mean."""
     corruptions = report["corruptions"]
     width = max(len(name) for name in corruptions)
-    recipe = f" (recipe {report['recipe']})" if report.get("recipe") else ""
+    named = report.get("recipe") and not report["model"].startswith(f"{report['recipe']} (")  # robust (cnn-best)
+    recipe = f" (recipe {report['recipe']})" if named else ""
     lines = [
         f"{report['model']}{recipe} on MNIST-C: the {report['dataset']} test set ({report['test_size']:,} images) "
         f"under {len(corruptions)} corruptions",

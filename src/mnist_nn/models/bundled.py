@@ -77,6 +77,17 @@ def bundled_name(checkpoint: str | os.PathLike) -> str | None:
     return next((name for name, model in bundled_models().items() if model.path.resolve() == path), None)
 
 
+def model_name(checkpoint: str | os.PathLike | None, network: str) -> str:
+    """What a user calls a model: a bundled model by its own name ("robust", what --model takes), else its network."""
+    return (bundled_name(checkpoint) if checkpoint else None) or network
+
+
+def model_title(checkpoint: str | os.PathLike | None, network: str) -> str:
+    """A model named for people: a bundled model's name with its network beside it ("robust (cnn-best)")."""
+    name = model_name(checkpoint, network)
+    return name if name == network else f"{name} ({network})"
+
+
 def looks_like_model(argument: str) -> bool:
     """Whether a command-line argument names a checkpoint rather than an image: a .pt/.pth file or a bundled name."""
     return Path(argument).suffix.lower() in (".pt", ".pth") or (

@@ -6,6 +6,8 @@ and the run's recorded configuration. Each is decided once, before the first ste
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import os
 import platform
 import sys
@@ -24,14 +26,16 @@ from mnist_nn.data.datasets import Splits, load_dataset, normalize, split_indice
 from mnist_nn.models.checkpoint import TrainState
 from mnist_nn.models.networks import get_model_spec
 from mnist_nn.training.distributed import Context, check_batch_size
-from mnist_nn.training.recipes import Recipe, get_recipe
+from mnist_nn.training.recipe_files import lookup_recipe
+from mnist_nn.training.recipes import Recipe
 from mnist_nn.training.report import summary_writer_class
 from mnist_nn.training.resume import STATE_NAME, check_disk_space, open_resume, saved_recipe
 
 
 def resolve_recipe(recipe: str | Recipe, **overrides: Any) -> Recipe:
-    """The recipe for its dataset, overrides applied; $MNIST_NN_MAX_EPOCHS caps its epochs (quick tries, docs tests)."""
-    base = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    """The recipe (a name, a recipe file or a Recipe) for its dataset, overrides applied; $MNIST_NN_MAX_EPOCHS
+    caps its epochs (quick tries, docs tests)."""
+    base = lookup_recipe(recipe)
     resolved = base.for_dataset(overrides.get("dataset") or base.dataset).replace(**overrides)
     cap = os.environ.get("MNIST_NN_MAX_EPOCHS", "").strip()
     if cap:
@@ -70,6 +74,8 @@ class RunPlan:
     checkpoint_every: int
     deterministic: bool
     sync_bn: bool
+    # The run's folder did not exist before: a run that fails before writing into it removes it again.
+    new_dir: bool = False
 
     @property
     def state_path(self) -> Path:
@@ -106,6 +112,7 @@ def plan_run(
         resolved = resolve_recipe("tutorial" if recipe is None else recipe, **overrides)
         run_dir = Path(out) if out is not None else default_run_dir()
         check_output_dir(run_dir)
+    new_dir = saved is None and not run_dir.exists()
     checkpoint_every = checkpoint_every or 0
     if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise UserError(f"checkpoint every must be a positive number of steps (or 0: off), got {checkpoint_every}")
@@ -113,7 +120,14 @@ def plan_run(
     get_model_spec(resolved.model)
     if tensorboard:
         summary_writer_class()
-    return RunPlan(run_dir, resolved, saved, checkpoint_every, bool(deterministic), bool(sync_bn))
+    return RunPlan(run_dir, resolved, saved, checkpoint_every, bool(deterministic), bool(sync_bn), new_dir)
+
+
+def discard_unstarted(plan: RunPlan) -> None:
+    """After a run failed: its folder, when the run created it and wrote nothing into it, is removed."""
+    if plan.new_dir:
+        with contextlib.suppress(OSError):  # not empty (the run had started), or already gone
+            plan.run_dir.rmdir()
 
 
 def check_run_dir(run_dir: Path, model: nn.Module, recipe: Recipe, train_size: int, world_size: int) -> None:
@@ -186,6 +200,9 @@ def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device) -> to
         return torch.optim.Adam(params, lr=recipe.lr, betas=betas, weight_decay=recipe.weight_decay, fused=fused)
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=recipe.lr, betas=betas, weight_decay=recipe.weight_decay, fused=fused)
+    if recipe.optimizer == "rmsprop":
+        # PyTorch's defaults (alpha 0.99, no momentum: the recipe's momentum is SGD's); no fused kernel exists.
+        return torch.optim.RMSprop(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
     return torch.optim.SGD(
         params,
         lr=recipe.lr,
@@ -197,13 +214,17 @@ def make_optimizer(recipe: Recipe, model: nn.Module, device: torch.device) -> to
 
 
 def library_versions() -> dict[str, str]:
-    import torchvision
-
+    """The versions config.json records. torchvision's is read from its installed metadata, not by importing
+    it: a torchvision built for another torch fails on import, and a training run does not need it."""
+    try:
+        torchvision = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        torchvision = "not installed"
     # Plain strings: torch.__version__ is a str subclass that weights-only loading of state.pt would refuse.
     return {
         "mnist_nn": __version__,
         "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
+        "torchvision": torchvision,
         "python": platform.python_version(),
     }
 
