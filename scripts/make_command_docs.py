@@ -140,6 +140,11 @@ class, the confusion matrix, and the pairs of digits the model mixes up most. It
 `confusion.png` (rows: the true digit, columns: the predicted one) and `mistakes.png` (the most
 confidently wrong test digits) into `evaluation/` beside the checkpoint, or into `--out DIR`.
 
+It also says how far the confidence can be trusted: the expected calibration error (ECE, 15 bins: how
+far "90% sure" is from being right 90% of the time), the negative log-likelihood (NLL) and the
+checkpoint's temperature (see `mnist-nn calibrate`), and draws `reliability.png`, accuracy against
+confidence per bin, beside the other two.
+
 Several checkpoints form an ensemble that averages their probabilities; `--tta` (test-time
 augmentation) also averages each model over 1-pixel shifts of each image. The test set comes from
 `--data-dir`, else `$MNIST_NN_DATA`, else the folder the run was trained on (while its files still
@@ -148,6 +153,10 @@ match, and said so on stderr), else the cache.""",
 在 10,000 张测试图片上为一个检查点打分：测试准确率和平均损失、每个类别的准确率、混淆矩阵，以及模型最常
 混淆的数字对。它把 `confusion.png`（行是真实数字，列是预测数字）和 `mistakes.png`（模型最有把握却认错了的
 测试图片）写到检查点旁边的 `evaluation/` 文件夹，或写到 `--out DIR`。
+
+它还会说明置信度有多可信：期望校准误差（ECE，15 个区间：“90% 有把握”与“90% 的时候是对的”相差多远）、
+负对数似然（NLL）和检查点的温度（见 `mnist-nn calibrate`），并在另外两张图旁边画出 `reliability.png`
+（可靠性图：每个区间里准确率对置信度）。
 
 给出多个检查点时，它们组成一个集成，对各自的概率取平均；`--tta`（测试时增强）还会让每个模型对每张图片的
 1 像素平移取平均。测试集依次取自 `--data-dir`、`$MNIST_NN_DATA`、训练这次运行时用的文件夹（只要其中的
@@ -167,6 +176,47 @@ match, and said so on stderr), else the cache.""",
                 "mnist-nn evaluate runs/tutorial/model.pt runs/tutorial-lr-0.002/model.pt --out runs/ensemble",
                 "an ensemble of two runs",
                 "两次训练组成的集成",
+            ),
+        ),
+    ),
+    Page(
+        name="calibrate",
+        zh_line="拟合检查点的温度，让它的置信度与它答对的频率相符",
+        intro_en="""\
+Make a checkpoint's confidence mean what it says: of the digits it answers "95% sure", about 95% should
+be right. `calibrate` fits one number, the temperature T, on held-out digits by minimizing the negative
+log-likelihood with L-BFGS (temperature scaling, Guo et al. 2017), and saves it in the checkpoint.
+`predict`, `serve`, `mnist_nn.predict`, `evaluate` and the ONNX and TorchScript exports then divide the
+logits by T: T above 1 makes the model less sure, below 1 surer. The order of the logits stays, so no
+answer ever changes, only its probability.
+
+The held-out digits are the validation split the checkpoint's recipe held out (`--val-size`, chosen by
+its seed exactly as training chose them); training already fits T there at its end. A recipe that held
+nothing out (`tutorial`, the bundled `robust`) is fitted on the 5,000 training digits `--val-size 5000`
+would hold out: the model has seen them, so its T is a little too sure. Never on the test set, where
+`evaluate` measures the result. The checkpoint is rewritten in place, or written to `--out FILE`; the
+bundled models are calibrated already. See [Concepts](../concepts.md#confidence-and-calibration).""",
+        intro_zh="""\
+让检查点的置信度名副其实：它说 “95% 有把握” 的数字里，应当大约 95% 是对的。`calibrate` 在留出的数字上
+用 L-BFGS 最小化负对数似然，拟合一个数：温度 T（温度缩放，Guo 等人 2017），并把它存进检查点。此后
+`predict`、`serve`、`mnist_nn.predict`、`evaluate` 以及导出的 ONNX 和 TorchScript 模型都会把 logits 除以 T：
+T 大于 1 让模型没那么肯定，小于 1 让它更肯定。logits 的大小顺序不变，所以答案永远不会变，变的只是概率。
+
+留出的数字是检查点的配方留出的验证集（`--val-size`，按它的随机种子，与训练时选的完全一样）；训练结束时
+已经在那里拟合了 T。没有留出数据的配方（`tutorial`、自带的 `robust`）则用 `--val-size 5000` 会留出的
+那 5,000 张训练图片拟合：模型见过它们，所以 T 会略微偏向过于肯定。绝不用测试集：`evaluate` 在那里衡量
+结果。检查点会被原地改写，或写到 `--out FILE`；自带的模型已经校准过。见
+[概念](../concepts.md#confidence-and-calibration)。""",
+        examples=(
+            Example(
+                "mnist-nn calibrate runs/tutorial/model.pt --out runs/tutorial/calibrated.pt",
+                "fit the temperature, write a calibrated copy",
+                "拟合温度，写出一份校准后的副本",
+            ),
+            Example(
+                "mnist-nn evaluate runs/tutorial/calibrated.pt --out runs/tutorial/calibrated-evaluation",
+                "its ECE, NLL and reliability diagram on the test set",
+                "它在测试集上的 ECE、NLL 和可靠性图",
             ),
         ),
     ),
@@ -221,7 +271,7 @@ usage or checkpoint error. From Python, `mnist_nn.predict` reads the same way (s
     ),
     Page(
         name="export",
-        zh_line="把检查点导出为 ONNX 或 TorchScript",
+        zh_line="把检查点导出为 ONNX、TorchScript 或静态网页",
         intro_en="""\
 Export a checkpoint for other runtimes: an ONNX file (`--format onnx`; needs the export extra,
 `pip install -e ".[export]"`) or TorchScript (`--format torchscript`), written beside the checkpoint
@@ -230,7 +280,12 @@ model takes pixels 0-255, [N, 28, 28], as float32, or as raw bytes with `--input
 
 Before writing, it checks that the export matches PyTorch: the logits within 1e-4 of their own scale
 (a trained model's reach hundreds, and another runtime rounds differently), the probabilities alike,
-and the same best class.""",
+and the same best class.
+
+`--format web --out DIR` writes the drawing page as a folder of static files that reads digits in the
+browser (ONNX Runtime Web, WebAssembly) and shows every layer's output: any static web host serves it,
+with no Python behind it. Its checkpoint may also be a bundled model's name. See
+[The network in the browser](../web-page.md).""",
         intro_zh="""\
 把检查点导出给其他运行时使用：ONNX 文件（`--format onnx`；需要 export 扩展，`pip install -e ".[export]"`）
 或 TorchScript（`--format torchscript`），写在检查点旁边（`model.onnx`、`model.torchscript.pt`），或写到
@@ -238,7 +293,11 @@ and the same best class.""",
 `--input-dtype uint8` 则接受原始字节。
 
 写文件之前，它会检查导出结果与 PyTorch 一致：logits 的差别不超过它们自身量级的 1e-4（训练好的模型的
-logits 可达几百，而另一个运行时的舍入方式不同），概率同样如此，最可能的类别也相同。""",
+logits 可达几百，而另一个运行时的舍入方式不同），概率同样如此，最可能的类别也相同。
+
+`--format web --out DIR` 把手写网页写成一个静态文件夹：在浏览器里认数字（ONNX Runtime Web，WebAssembly），
+并显示每一层的输出；任何静态网页空间都能托管，背后不需要 Python。检查点也可以是自带模型的名称。见
+[在浏览器里运行网络](../web-page.md)。""",
         examples=(
             Example(
                 "mnist-nn export runs/tutorial/model.pt --format onnx",
@@ -249,6 +308,11 @@ logits 可达几百，而另一个运行时的舍入方式不同），概率同�
                 "mnist-nn export runs/tutorial/model.pt --format torchscript --input-dtype uint8",
                 "raw bytes in",
                 "输入原始字节",
+            ),
+            Example(
+                "mnist-nn export robust --format web --out site",
+                "a static page in site/",
+                "site/ 里的静态网页",
             ),
         ),
     ),
@@ -301,7 +365,9 @@ from the internet). It follows run directories as they are written: the training
 `log_every` batches, the held-out loss and accuracy per epoch, the epoch and the time per epoch, ten
 test digits with the network's answers after the latest epoch, and the test accuracy once a run ends.
 Several run directories are overlaid in the same charts, for comparing; a folder still empty waits
-for its run.
+for its run. It reads only regular files inside each run directory (a link out of it, a pipe or a
+device is shown as a problem, not read); a row it cannot read is skipped and counted; each poll reads
+only what was appended, and a curve of more than 4,096 points is thinned evenly.
 
 Open <http://127.0.0.1:8001/>; Ctrl-C stops it. `mnist-nn train --watch` starts the same page beside
 a new run (it stays up after training, until Ctrl-C).""",
@@ -309,7 +375,9 @@ a new run (it stays up after training, until Ctrl-C).""",
 训练的实时页面，由你自己的电脑提供（需要 serve 扩展；不从互联网加载任何内容）。它跟着运行目录的写入
 实时更新：每隔 `log_every` 个批次的训练损失、每轮在留出数据上的损失和准确率、当前是第几轮以及每轮用时、
 十个测试数字和网络在最新一轮后给出的答案，训练结束时还有测试准确率。传入多个运行目录时，它们画在同一张图
-里便于对比；还空着的文件夹会等它的训练开始。
+里便于对比；还空着的文件夹会等它的训练开始。它只读取每个运行目录里的普通文件（指向目录外的链接、管道或
+设备文件会作为问题显示，不会被读取）；读不懂的行会被跳过并计数；每次轮询只读取新追加的内容，超过 4,096 个点的
+曲线会被均匀抽稀。
 
 打开 <http://127.0.0.1:8001/>；按 Ctrl-C 停止。`mnist-nn train --watch` 会在训练新模型的同时打开同一个
 页面（训练结束后页面仍然保留，直到你按下 Ctrl-C）。""",
@@ -330,13 +398,15 @@ a new run (it stays up after training, until Ctrl-C).""",
         name="compare",
         zh_line="把几次训练的曲线画进一张 PNG，并列表说明它们的差异",
         intro_en="""\
-Overlay runs' loss and accuracy curves in one PNG (`compare.png` here, or `--out FILE`) and print a
-table: each run's recipe, only the settings that differ between them, its accuracy, loss and
-training time (`--json` for the same as JSON). It also reads a run that is still training, from its
-last finished epoch.""",
+Overlay runs' loss and accuracy curves in one PNG (`compare-RUN+RUN.png` in the runs' common folder, so
+another set of runs gets another file; or `--out FILE`, whose folder must exist) and print a table:
+each run's recipe, only the settings that differ between them, its accuracy, loss and training time
+(`--json` for the same as JSON). It also reads a run that is still training, from its last finished
+epoch.""",
         intro_zh="""\
-把几次训练的损失和准确率曲线画在同一张 PNG 里（当前文件夹下的 `compare.png`，或 `--out FILE`），并打印
-一张表：每次训练的配方、它们之间不同的设置、准确率、损失和训练时间（`--json` 输出同样内容的 JSON）。
+把几次训练的损失和准确率曲线画在同一张 PNG 里（这些运行共同所在的文件夹下的 `compare-RUN+RUN.png`，换一组
+运行就是另一个文件；或 `--out FILE`，它所在的文件夹必须已经存在），并打印一张表：
+每次训练的配方、它们之间不同的设置、准确率、损失和训练时间（`--json` 输出同样内容的 JSON）。
 对仍在训练中的运行也适用，会读到最近完成的那一轮。""",
         examples=(
             Example(
@@ -387,24 +457,62 @@ In a trained network each digit gathers into its own island.""",
 The learning-rate range test (Smith 2015). It trains a fresh network of the recipe for `--steps`
 steps (default 200) on training images only, raising the learning rate exponentially from `--start`
 (1e-7) to `--end` (10), and stops when the loss explodes. It plots the loss against the learning rate
-(`lr-find-RECIPE.png` here, or `--out FILE`) and suggests a rate, a tenth of where the loss was
-lowest, printed as a command that `--lr` accepts (for the tutorial:
+(`runs/lr-find-RECIPE-TIME.png`, never overwriting an earlier one, or `--out FILE`) and suggests a
+rate, a tenth of where the loss was lowest, printed as a command that `--lr` accepts (for the tutorial:
 `mnist-nn train --recipe tutorial --lr 0.002`, about 95% after one epoch).""",
         intro_zh="""\
 学习率范围测试（Smith 2015）。它只用训练图片把该配方的一个新网络训练 `--steps` 步（默认 200），学习率从
-`--start`（1e-7）按指数增长到 `--end`（10），损失爆炸时就停下。它画出损失随学习率变化的曲线（当前文件夹下的
-`lr-find-RECIPE.png`，或 `--out FILE`），并建议一个学习率：损失最低处的十分之一，打印成一条 `--lr` 能接受的
-命令（对教程是 `mnist-nn train --recipe tutorial --lr 0.002`，训练一轮约 95%）。""",
+`--start`（1e-7）按指数增长到 `--end`（10），损失爆炸时就停下。它画出损失随学习率变化的曲线
+（`runs/lr-find-RECIPE-TIME.png`，不会覆盖之前的；或 `--out FILE`），并建议一个学习率：损失最低处的十分之一，
+打印成一条 `--lr` 能接受的命令（对教程是 `mnist-nn train --recipe tutorial --lr 0.002`，训练一轮约 95%）。""",
         examples=(
             Example(
                 "mnist-nn lr-find --recipe tutorial",
-                "lr-find-tutorial.png and a suggested --lr",
-                "lr-find-tutorial.png 和建议的 --lr",
+                "runs/lr-find-tutorial-TIME.png and a suggested --lr",
+                "runs/lr-find-tutorial-TIME.png 和建议的 --lr",
             ),
             Example(
                 "mnist-nn lr-find --recipe cnn-fast --steps 100 --out runs/lr-find-cnn-fast.png",
                 "another recipe, fewer steps",
                 "换一个配方，步数少一些",
+            ),
+        ),
+    ),
+    Page(
+        name="sweep",
+        zh_line="用 Optuna 搜索配方的字段：很多次试验，差的提前剪掉，最好的存成 best.toml",
+        intro_en="""\
+Search a recipe's fields with Optuna (needs the sweep extra: `pip install -e ".[sweep]"`). A space file
+names the fields and gives each a range (`low`, `high`, `log = true`) or `choices`
+(`examples/sweep/space.toml`). Each trial is an ordinary run directory under `--out`
+(`trial-0000`, ...), so `watch`, `compare` and `evaluate` read it; after every epoch it reports its
+**validation** accuracy (a recipe that holds nothing out, like the tutorial, holds out 5,000 training
+images), and the pruner stops it when it falls behind the others. One line per trial while it runs; at
+the end, and on Ctrl-C, a table of the trials, `best.toml` (train it with `mnist-nn train --recipe`)
+and pictures (optimization history, parameter importances, parallel coordinates, the best trials'
+curves). The study lives in `--out/study.db` (SQLite): the same command again continues it. Many
+machines share one study through `--storage postgresql://...` and the same `--study`; see
+[Sweeps](../sweep.md).""",
+        intro_zh="""\
+用 Optuna 搜索配方的字段（需要 sweep 扩展：`pip install -e ".[sweep]"`）。搜索空间文件列出要搜索的字段，
+每个给一个范围（`low`、`high`、`log = true`）或 `choices`（见 `examples/sweep/space.toml`）。每次试验都是
+`--out` 下一个普通的运行目录（`trial-0000`……），`watch`、`compare`、`evaluate` 都能读；每轮之后它报告
+**验证集**准确率（不留验证集的配方，比如教程，会留出 5,000 张训练图片），落后于其他试验时剪枝器就让它提前
+停下。运行时每次试验打印一行；结束时（以及按 Ctrl-C 时）打印试验表，写出 `best.toml`（用
+`mnist-nn train --recipe` 训练它）和几张图（优化历史、参数重要性、平行坐标、最好几次试验的曲线）。研究存在
+`--out/study.db`（SQLite）里：再运行同一条命令就接着做。多台机器可以用 `--storage postgresql://...` 和同一个
+`--study` 共享一个研究；见[超参数搜索](../sweep.md)。""",
+        examples=(
+            Example(
+                "mnist-nn sweep --recipe examples/sweep/tutorial.toml --space examples/sweep/space.toml "
+                "--trials 2 --epochs 1 --out runs/sweep-try",
+                "two quick trials (a real search: --trials 30 --epochs 5)",
+                "两次很快的试验（真正的搜索：--trials 30 --epochs 5）",
+            ),
+            Example(
+                "mnist-nn train --recipe runs/sweep-try/best.toml --out runs/sweep-try-best",
+                "train the best trial's recipe again",
+                "重新训练最好那次试验的配方",
             ),
         ),
     ),
@@ -416,7 +524,8 @@ Score a checkpoint on MNIST-C (Mu & Gilmer 2019): the 10,000 test digits under e
 corruptions (noise, blur, affine transforms, fog, stripes, ...), built by our own code, seeded and
 cached. It prints the accuracy under each corruption, their mean and the clean accuracy, and draws
 one digit under each corruption with its accuracy: `robustness.png` beside the checkpoint (for a
-bundled model, `robustness-NAME.png` here), or `--out PNG`.
+bundled model, `runs/robustness-NAME.png`), or `--out PNG`. On a terminal a bar shows how far it is;
+otherwise (a log, a pipe) it prints a line per corruption.
 
 Without a checkpoint it scores the bundled `robust` model. The 15 sets are built once (17 s on 2 cores
 of an Intel Xeon); later runs read them from the cache and only score the model. See
@@ -425,7 +534,8 @@ of an Intel Xeon); later runs read them from the cache and only score the model.
 在 MNIST-C（Mu & Gilmer，2019）上为一个检查点打分：10,000 张测试图片分别施加 15 种损坏（噪点、模糊、仿射
 变换、雾、条纹……），由我们自己的代码生成，固定随机种子并缓存。它打印每种损坏下的准确率、它们的平均值和
 干净测试集上的准确率，并画出每种损坏下的一个数字及其准确率：写到检查点旁边的 `robustness.png`（自带模型
-则是当前文件夹下的 `robustness-NAME.png`），或 `--out PNG`。
+则是 `runs/robustness-NAME.png`），或 `--out PNG`。在终端里有一个进度条；输出不是终端时（日志、管道），每种
+损坏打印一行。
 
 不给检查点时，它为自带的 `robust` 模型打分。15 个数据集只生成一次（在 Intel Xeon 的 2 个核心上用了 17 s）；之后的
 运行从缓存读取，只为模型打分。各配方的结果见[鲁棒性](../robustness.md)。""",
@@ -468,11 +578,18 @@ To add a network of your own, see [Write your own model](../write-your-own-model
         intro_en="""\
 List the training recipes, one line each. A recipe is a complete set of settings for
 `mnist-nn train --recipe NAME`; each is one definition in `src/mnist_nn/training/recipes.py`, and
-every field of it is a flag of `mnist-nn train` that overrides it for one run (see [train](train.md)).""",
+every field of it is a flag of `mnist-nn train` that overrides it for one run (see [train](train.md)).
+`--show NAME` prints a recipe as a **recipe file** (TOML, every field with its help); `--show RUN_DIR`
+prints the recipe a run was trained with. A recipe file names a `base` recipe and the fields it changes;
+`train`, `lr-find` and `sweep` take one wherever they take a name (`--recipe FILE.toml`). An unknown key
+or a bad value is one line naming the key.""",
         intro_zh="""\
 列出训练配方，每个一行。配方是 `mnist-nn train --recipe NAME` 的一整套设置；每个配方在
 `src/mnist_nn/training/recipes.py` 里只定义一次，配方的每个字段都是 `mnist-nn train` 的一个参数，可以只为
-一次训练覆盖它（见 [train](train.md)）。""",
+一次训练覆盖它（见 [train](train.md)）。
+`--show NAME` 把配方打印成**配方文件**（TOML，每个字段都带说明）；`--show RUN_DIR` 打印某次训练所用的配方。
+配方文件写明一个基础配方 `base` 和它改动的字段；`train`、`lr-find`、`sweep` 凡是接受配方名的地方都接受它
+（`--recipe FILE.toml`）。未知的键或错误的值会报一行错误，指明是哪个键。""",
         table=(
             ("recipe", "what it is", "配方", "是什么"),
             (
@@ -525,6 +642,16 @@ every field of it is a flag of `mnist-nn train` that overrides it for one run (s
         ),
         examples=(
             Example("mnist-nn recipes", "name and description of each", "每个配方的名称和说明"),
+            Example(
+                "mnist-nn recipes --show tutorial",
+                "a recipe as a recipe file: every field, with its help",
+                "把配方打印成配方文件：每个字段，带说明",
+            ),
+            Example(
+                "mnist-nn train --recipe examples/adamw.toml --out runs/adamw",
+                "train a recipe file: a base recipe and the fields it changes",
+                "训练一个配方文件：一个基础配方和它改动的字段",
+            ),
             Example(
                 "mnist-nn train --recipe cnn-fast --batch-size 256 --lr 0.01 --out runs/cnn-fast-256",
                 "a recipe with two fields changed",

@@ -89,21 +89,43 @@ def excerpt(transcript: str, summary: dict) -> list[str]:
     return [*shown, result[-1]]
 
 
+def table_run(chinese: bool) -> str:
+    """The results table's tutorial figures (benchmarks/results/tutorial.json) and their host, for the note."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import host_label
+
+    bench = json.loads((ROOT / "benchmarks" / "results" / "tutorial.json").read_text(encoding="utf-8"))
+    ours = bench["ours"]
+    accuracy, seconds = 100 * ours["test_accuracy"]["median"], ours["train_seconds"]["median"]
+    cores = bench["host"].get("cores")
+    where = host_label(bench["host"], chinese)
+    if chinese:
+        return f"{accuracy:.2f}%、{seconds:.1f} s：那是另一台主机（{where}，{cores} 个核心）上 {bench['repeats']} 次运行的中位数"  # noqa: E501
+    runs = bench["repeats"]
+    return f"{accuracy:.2f}% in {seconds:.1f} s: the median of {runs} runs on {cores} cores of another host, an {where}"
+
+
 def train_output_block(chinese: bool) -> str:
+    """The note, first (why its figures differ from the results table's), then the excerpt of the run."""
     transcript = TRANSCRIPT.read_text(encoding="utf-8")
     summary = json.loads(SUMMARY.read_text(encoding="utf-8"))
     epochs, threads = summary["epochs"], summary["threads"]
     if chinese:
         note = (
-            f"（一次真实运行的输出：{epochs} 轮，{threads} 个 CPU 线程，由 `scripts/make_doc_images.py` 生成，"
-            "完整输出见 `docs/images/train-output.txt`。）"
+            f"下面是一次真实运行的输出：{epochs} 轮，{threads} 个 CPU 线程，由 `scripts/make_doc_images.py` 生成"
+            f"（完整输出见 `docs/images/train-output.txt`）。[结果](results.md)里同一配方是 {table_run(True)}。"
+            "用时取决于 CPU 和线程数；准确率也会差零点几个百分点："
+            "同一个随机种子，换了线程数或 CPU，浮点数的求和顺序就不同。"
         )
     else:
         note = (
-            f"(The output of one real run: {epochs} epochs, {threads} CPU thread{'s' if threads != 1 else ''}, made by "
-            "`scripts/make_doc_images.py`; the whole output is in `docs/images/train-output.txt`.)"
+            f"Below, the output of one real run: {epochs} epochs, {threads} CPU thread{'s' if threads != 1 else ''}, "
+            "made by `scripts/make_doc_images.py` (the whole output is in `docs/images/train-output.txt`). "
+            f"[Results](results.md) gives the same recipe {table_run(False)}. The time depends on the CPU and the "
+            "threads, and the accuracy by a few tenths of a percent too: the same seed on another thread count or "
+            "CPU adds its floats in another order."
         )
-    return "```text\n" + "\n".join(excerpt(transcript, summary)) + "\n```\n\n" + note
+    return note + "\n\n```text\n" + "\n".join(excerpt(transcript, summary)) + "\n```"
 
 
 def render(text: str, chinese: bool) -> str:

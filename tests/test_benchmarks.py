@@ -139,6 +139,13 @@ def test_seeds_and_render(mnist_dir, tmp_path):
     assert check.returncode == 0, check.stdout
 
 
+def test_watch_poll_benchmark(tmp_path):
+    bench("watch_poll.py", "--megabytes", "1", "--polls", "2", "--results", str(tmp_path))
+    data = json.loads((tmp_path / "watch-poll.json").read_text())
+    assert data["megabytes_each"] == 1 and data["first_answer_bytes"] > 0
+    assert 0 < data["later_poll_median_s"] <= data["later_poll_max_s"]
+
+
 @realdata
 def test_inference_benchmark(tmp_path):
     bench("inference.py", "--models", "tutorial-mlp", "lenet5", "--quick", "--results", str(tmp_path))

@@ -199,8 +199,13 @@ def classify(command: str) -> tuple[str, dict[str, str], list[str]]:
 
 
 def _runs_our_python(words: list[str]) -> bool:
-    """`python -m mnist_nn ...`, or one of the examples a page walks through (`python examples/NAME.py`)."""
-    return words[1:3] == ["-m", "mnist_nn"] or (len(words) > 1 and words[1].startswith("examples/"))
+    """`python -m mnist_nn ...`, one of the examples a page walks through (`python examples/NAME.py`), or a
+    one-line check (`python -c "import torch, torchvision; ..."`)."""
+    return (
+        words[1:3] == ["-m", "mnist_nn"]
+        or (len(words) > 1 and words[1].startswith("examples/"))
+        or (len(words) == 3 and words[1] == "-c")
+    )
 
 
 def _wants_cuda(words: list[str]) -> bool:
@@ -451,6 +456,7 @@ def test_classify_is_explicit():
     assert classify("mnist-nn train --recipe tutorial --watch")[0] == "background"
     assert classify("export MNIST_NN_DATA=DIR") == ("export", {}, ["MNIST_NN_DATA=DIR"])
     assert classify("python examples/my_model.py --epochs 1")[0] == "python"
+    assert classify('python -c "import torchvision"')[0] == "python"
     expected = f"skip: {SKIP_CUDA}" if not _has_cuda() else "run"
     assert classify("mnist-nn train --device cuda")[0] == expected
     with pytest.raises(AssertionError, match="no rule"):

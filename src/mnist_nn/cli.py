@@ -94,6 +94,12 @@ def _recipe_fields() -> list[str]:
     return [f.name for f in fields(Recipe) if f.name not in NOT_FLAGS]
 
 
+def _add_recipe_argument(parser: argparse.ArgumentParser, default: str | None, what: str = "the recipe") -> None:
+    """--recipe: a recipe's name or a recipe file (training/recipe_files.py), wherever a recipe is taken."""
+    help_text = f"{what}: a name or a recipe file (default: tutorial; see `mnist-nn recipes`)"
+    parser.add_argument("--recipe", default=default, metavar="NAME|FILE.toml", help=help_text)
+
+
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per Recipe field (--batch-size for batch_size, ...): the recipe is the single source of truth."""
     from mnist_nn.training.recipes import Recipe
@@ -125,7 +131,7 @@ def _json_object(text: str) -> dict:
 
 
 def _train_arguments(train: argparse.ArgumentParser) -> None:
-    train.add_argument("--recipe", default=None, help="named recipe (default: tutorial; see `mnist-nn recipes`)")
+    _add_recipe_argument(train, None)
     _add_data_argument(train)
     train.add_argument("--out", metavar="DIR", help="run directory to create (default: runs/<timestamp>)")
     _add_recipe_arguments(train)
@@ -187,9 +193,9 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     if args.recipe is not None and args.resume is None:
-        from mnist_nn.training.recipes import get_recipe
+        from mnist_nn.training.recipe_files import lookup_recipe
 
-        get_recipe(args.recipe)  # a mistyped name is refused before torch loads (seconds)
+        lookup_recipe(args.recipe)  # a mistyped name or a bad recipe file is refused before torch loads (seconds)
     from mnist_nn.training.distributed import PeerFailed, env_rank
     from mnist_nn.training.trainer import RunOptions, train
 
@@ -272,6 +278,27 @@ def _recorded_data_dir(checkpoints: Sequence[str]) -> str | None:
     return str(folder) if folder is not None else None
 
 
+def _calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
+    calibrate.add_argument("checkpoint", metavar="CHECKPOINT", help="a model.pt written by `mnist-nn train`")
+    _add_data_argument(calibrate)
+    _add_device_argument(calibrate, "run the model")
+    calibrate.add_argument(
+        "--out", metavar="FILE", help="write the calibrated checkpoint here (default: rewrite CHECKPOINT in place)"
+    )
+    calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from mnist_nn.inference.calibrate import calibrate_checkpoint, format_calibration
+
+    data_dir = args.data_dir
+    if data_dir is None and not os.environ.get("MNIST_NN_DATA"):
+        data_dir = _recorded_data_dir([args.checkpoint])
+    report = calibrate_checkpoint(args.checkpoint, data_dir=data_dir, device=args.device, out=args.out)
+    print(json.dumps(report, indent=2) if args.json else format_calibration(report))
+    return 0
+
+
 def _data_arguments(data: argparse.ArgumentParser) -> None:
     data.add_argument("--dataset", default="mnist", help="dataset name (default: mnist)")
     _add_data_argument(data)
@@ -351,9 +378,23 @@ def _model_catalog() -> list[tuple[str, str]]:
     return found
 
 
+def _recipes_arguments(recipes: argparse.ArgumentParser) -> None:
+    recipes.add_argument(
+        "--show",
+        metavar="NAME|FILE.toml|RUN_DIR",
+        help="print a recipe, a recipe file or a run directory's recipe as a recipe file (every field, with its help): "
+        "save it, change it, train it with --recipe FILE.toml",
+    )
+
+
 def _recipes(args: argparse.Namespace) -> int:
     from mnist_nn.training.recipes import RECIPES
 
+    if args.show is not None:
+        from mnist_nn.training.recipe_files import show_recipe
+
+        print(show_recipe(args.show), end="")
+        return 0
     for name, recipe in RECIPES.items():
         print(f"{name:<12} {recipe.description}")
     return 0
@@ -403,7 +444,7 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from mnist_nn.core.fsutil import ensure_writable_dir
-    from mnist_nn.inference.predictor import Predictor, check_options, format_table
+    from mnist_nn.inference.predictor import Predictor, check_options, format_table, several_digits_hints
     from mnist_nn.inference.preprocess import DEFAULT_MAX_PIXELS
 
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
@@ -439,6 +480,9 @@ def _predict(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         print(format_table(results, args.top_k))
+        if not args.multi and not args.no_preprocess:
+            for source in several_digits_hints(results, max_pixels):
+                print(f"note: {source} looks like several digits side by side: --multi reads it as a number")
     failed = [r for r in results if r.failed]
     for result in failed:
         print(f"mnist-nn: error: {result.error}", file=sys.stderr)
@@ -446,10 +490,19 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export_arguments(export: argparse.ArgumentParser) -> None:
-    export.add_argument("checkpoint", help="a model.pt written by `mnist-nn train`")
-    export.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="what to write")
     export.add_argument(
-        "--out", metavar="FILE", help="file to write (default: beside the checkpoint, .onnx or .torchscript.pt)"
+        "checkpoint", help="a model.pt written by `mnist-nn train` (for --format web also a bundled model's name)"
+    )
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=("onnx", "torchscript", "web"),
+        help="what to write; web: a static page that reads digits in the browser (a folder: --out DIR)",
+    )
+    export.add_argument(
+        "--out",
+        metavar="PATH",
+        help="file to write (default: beside the checkpoint, .onnx or .torchscript.pt); for web, the folder (required)",
     )
     export.add_argument(
         "--input-dtype",
@@ -463,6 +516,8 @@ def _export_arguments(export: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     from mnist_nn.inference.export import export_checkpoint
 
+    if args.format == "web":
+        return _export_web(args)
     report = export_checkpoint(args.checkpoint, fmt=args.format, out=args.out, input_dtype=args.input_dtype)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -471,6 +526,23 @@ def _export(args: argparse.Namespace) -> int:
             f"wrote {report['path']} ({report['format']}, {report['bytes']:,} bytes, input {report['input_dtype']} "
             f"[N, 28, 28]); matches PyTorch: logits within {report['max_rel_diff']:.1e} of their scale "
             f"(up to {report['max_abs_logit']:.3g}), same answers"
+        )
+    return 0
+
+
+def _export_web(args: argparse.Namespace) -> int:
+    from mnist_nn.apps.serve.web_export import export_web
+
+    if args.out is None:
+        raise UserError("--format web writes a folder: give it with --out DIR")
+    report = export_web(_chosen_model(None, args.checkpoint), args.out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"wrote {report['path']} ({report['files']} files, {report['bytes']:,} bytes; model "
+            f"{report['model_bytes']:,} bytes, its ONNX export checked against PyTorch, layer by layer); "
+            f"serve the folder from any static host, e.g. python -m http.server --directory {report['path']}"
         )
     return 0
 
@@ -493,6 +565,47 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         type=int,
         help="server processes sharing the port (default: one per CPU core, at most 4, on the CPU under Linux; else 1)",
     )
+    _serve_guard_arguments(serve)
+
+
+def _serve_guard_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header names NAME (repeatable); by default only the --host name, "
+        "localhost, 127.0.0.1 and [::1] (and any IP address when --host is 0.0.0.0 or ::): a foreign Host gets 421",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (scheme://host[:port]) call the API from a browser (repeatable); by default "
+        "a request from any other site's page is refused (403)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection whose request headers take longer (default: 10)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close a connection whose request body takes longer to arrive (default: 30)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open connections per server process; more are answered 503 (default: 256)",
+    )
 
 
 def _require_serve_extra(command: str) -> None:
@@ -511,9 +624,12 @@ def _require_serve_extra(command: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     _require_serve_extra("serve")
     from mnist_nn.apps.serve import run
+    from mnist_nn.apps.serve.protocol import Limits
 
     checkpoint = _chosen_model(args.model, args.checkpoint)
-    run(checkpoint, host=args.host, port=args.port, device=args.device, workers=args.workers)
+    limits = Limits(args.header_timeout, args.body_timeout, args.max_connections)
+    options = {"allowed_hosts": args.allowed_host, "cors_origins": args.cors_origin, "limits": limits}
+    run(checkpoint, host=args.host, port=args.port, device=args.device, workers=args.workers, **options)
     return 0
 
 
@@ -523,7 +639,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _compare_arguments(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `mnist-nn train`")
     compare.add_argument(
-        "--out", metavar="FILE", default="compare.png", help="the PNG of the overlaid curves (default: compare.png)"
+        "--out",
+        metavar="FILE",
+        help="the PNG of the overlaid curves (default: compare-RUN+RUN.png in the runs' common folder)",
     )
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
@@ -565,24 +683,22 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _lr_find_arguments(lr_find: argparse.ArgumentParser) -> None:
-    lr_find.add_argument(
-        "--recipe", default="tutorial", help="named recipe (default: tutorial; see `mnist-nn recipes`)"
-    )
+    _add_recipe_argument(lr_find, "tutorial")
     lr_find.add_argument("--start", type=float, default=1e-7, help="the first learning rate (default: 1e-7)")
     lr_find.add_argument("--end", type=float, default=10.0, help="the last learning rate (default: 10)")
     lr_find.add_argument(
         "--steps", type=int, default=200, help="training steps from --start to --end, at least 10 (default: 200)"
     )
     lr_find.add_argument(
-        "--out", metavar="FILE", help="the PNG of loss against learning rate (default: lr-find-RECIPE.png)"
+        "--out", metavar="FILE", help="the PNG of loss against learning rate (default: runs/lr-find-RECIPE-TIME.png)"
     )
     _add_data_argument(lr_find)
 
 
 def _lr_find(args: argparse.Namespace) -> int:
-    from mnist_nn.training.recipes import get_recipe
+    from mnist_nn.training.recipe_files import lookup_recipe
 
-    get_recipe(args.recipe)  # a mistyped name is refused before torch loads
+    lookup_recipe(args.recipe)  # a mistyped name or a bad recipe file is refused before torch loads
     from mnist_nn.lab.lr_find import check_range, format_result, lr_find
 
     check_range(args.start, args.end, args.steps)
@@ -590,6 +706,71 @@ def _lr_find(args: argparse.Namespace) -> int:
         args.recipe, start=args.start, end=args.end, steps=args.steps, out=args.out, data_dir=args.data_dir
     )
     print(format_result(result))
+    return 0
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _sweep_arguments(sweep: argparse.ArgumentParser) -> None:
+    _add_recipe_argument(sweep, "tutorial", "the recipe every trial starts from")
+    sweep.add_argument(
+        "--space", required=True, metavar="FILE.toml", help="the search space: a range or choices per recipe field"
+    )
+    sweep.add_argument(
+        "--trials", type=int, default=20, help="finished trials the study should hold, over all workers (default: 20)"
+    )
+    sweep.add_argument("--out", required=True, metavar="DIR", help="folder for the trials' run directories and results")
+    sweep.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the recipe's)")
+    sweep.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="start no trial after S seconds (default: none)"
+    )
+    sweep.add_argument(
+        "--sampler",
+        default="tpe",
+        choices=("tpe", "random", "grid"),
+        help="how trials' values are drawn: tpe (Optuna's default), random, or grid (every combination of the "
+        "choices, once; --trials caps it) (default: tpe)",
+    )
+    sweep.add_argument(
+        "--pruner",
+        default="median",
+        choices=("median", "hyperband", "none"),
+        help="how bad trials are stopped early, after any epoch (default: median)",
+    )
+    sweep.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the study's database, any SQLAlchemy URL (e.g. postgresql://user:pass@host/db) shared by workers on "
+        "many machines (default: an SQLite file in --out)",
+    )
+    sweep.add_argument("--study", default="sweep", help="the study's name in the storage (default: sweep)")
+    sweep.add_argument(
+        "--seed", type=int, default=None, help="the sampler's seed, for a repeatable search (default: none)"
+    )
+    sweep.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        metavar="S",
+        help="seconds between a worker's heartbeats; a trial silent for twice that is marked failed and retried "
+        "(default: 30)",
+    )
+    _add_data_argument(sweep)
+    _add_device_argument(sweep, "train the trials")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from mnist_nn.training.recipe_files import lookup_recipe
+
+    lookup_recipe(args.recipe)  # a mistyped name or a bad recipe file is refused before torch loads
+    try:
+        from mnist_nn.lab.sweep import SweepOptions, run_sweep
+    except ModuleNotFoundError as exc:
+        raise UserError(f"sweep needs Optuna ({exc.name} is missing): pip install 'mnist-nn[sweep]'") from None
+    names = ("recipe", "space", "trials", "out", "epochs", "timeout", "pruner", "storage", "study", "seed")
+    given = {name: getattr(args, name) for name in (*names, "data_dir", "device", "heartbeat", "sampler")}
+    run_sweep(SweepOptions(**given))
     return 0
 
 
@@ -634,7 +815,7 @@ def _robustness_arguments(robustness: argparse.ArgumentParser) -> None:
         "--out",
         metavar="PNG",
         help="the grid of one digit under each corruption (default: robustness.png beside the checkpoint; "
-        "for a bundled model, robustness-NAME.png here)",
+        "for a bundled model, runs/robustness-NAME.png)",
     )
     robustness.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_device_argument(robustness, "run")
@@ -644,17 +825,21 @@ def _robustness_arguments(robustness: argparse.ArgumentParser) -> None:
 
 
 def _robustness(args: argparse.Namespace) -> int:
-    from mnist_nn.lab.robustness import format_report, robustness_report
-    from mnist_nn.models.bundled import PRETRAINED_DIR
+    from mnist_nn.lab.robustness import console_progress, format_report, robustness_report
 
     checkpoint = _chosen_model(args.model, args.checkpoint)
     out = args.out
-    if out is None and checkpoint.resolve().parent == PRETRAINED_DIR:  # never write into the installed package
-        out = f"robustness-{checkpoint.stem}.png"
     data_dir = args.data_dir
     if data_dir is None and not os.environ.get("MNIST_NN_DATA"):
         data_dir = _recorded_data_dir([checkpoint])
-    report = robustness_report(checkpoint, data_dir=data_dir, device=args.device, out=out, batch_size=args.batch_size)
+    report = robustness_report(
+        checkpoint,
+        data_dir=data_dir,
+        device=args.device,
+        out=out,
+        batch_size=args.batch_size,
+        progress=console_progress(),
+    )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -687,9 +872,20 @@ COMMANDS = (
         "seeded and cached, and print the checkpoint's accuracy on each, their mean and the clean accuracy; draw "
         "one digit under each corruption, with the accuracy, in a PNG.",
     ),
+    Command(
+        "calibrate",
+        "fit a checkpoint's temperature so that its confidence matches how often it is right",
+        _calibrate_arguments,
+        _calibrate,
+        description="Temperature scaling (Guo et al. 2017): fit one number T on held-out digits (the validation "
+        "split the checkpoint's recipe held out; without one, 5,000 training digits chosen as --val-size 5000 "
+        "would choose them; never the test set) by minimizing the negative log-likelihood, and save it in the "
+        "checkpoint. predict, serve, evaluate and export then divide the logits by T: the probabilities change, "
+        "the answers never do.",
+    ),
     Command("data", "show where the data is and verify it", _data_arguments, _data),
     Command("models", "list the models", _models_arguments, _models),
-    Command("recipes", "list the training recipes", None, _recipes),
+    Command("recipes", "list the training recipes, or print one as a recipe file", _recipes_arguments, _recipes),
     Command(
         "predict",
         "read digits in image files (PNG, JPEG, BMP, GIF, WebP, TIFF)",
@@ -698,7 +894,7 @@ COMMANDS = (
         description="Read digits in image files or folders of them. Exit status: 0 when every file was read, "
         "1 when some could not be (each named on stderr), 2 for a usage or checkpoint error.",
     ),
-    Command("export", "export a checkpoint as ONNX or TorchScript", _export_arguments, _export),
+    Command("export", "export a checkpoint as ONNX, TorchScript or a static web page", _export_arguments, _export),
     Command(
         "serve",
         "a web page to draw digits on, and a REST API (needs the serve extra)",
@@ -735,6 +931,16 @@ COMMANDS = (
         description="Train the recipe's model for --steps steps on training data only, raising the learning rate "
         "exponentially from --start to --end, stop when the loss explodes, plot loss against learning rate and "
         "suggest a learning rate for `mnist-nn train --lr` (Smith 2015).",
+    ),
+    Command(
+        "sweep",
+        "search a recipe's fields with Optuna: many trials, bad ones pruned, the best kept as best.toml",
+        _sweep_arguments,
+        _sweep,
+        description="Search the fields a space file names (ranges or choices) with Optuna's TPE sampler: each "
+        "trial is a run directory under --out, reports its validation accuracy after every epoch and is pruned when "
+        "it falls behind. At the end (and on Ctrl-C): a table of the trials, best.toml (train it with --recipe) and "
+        "pictures. Workers on many machines share one study with --storage and --study (needs the sweep extra).",
     ),
 )
 HANDLERS = {command.name: command.run for command in COMMANDS}

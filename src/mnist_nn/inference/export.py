@@ -81,6 +81,8 @@ def export_checkpoint(
         "input": f"{INPUT_NAME}: {input_dtype} [N, 28, 28], pixels 0-255, light digit on dark (MNIST form)",
         "outputs": "logits [N, classes], probabilities [N, classes]",
         "normalization": json.dumps({"mean": predictor.metadata["mean"], "std": predictor.metadata["std"]}),
+        # Inside the graph already (the logits are divided by it): recorded for readers of the file.
+        "temperature": str(predictor.metadata.get("temperature", 1.0)),
     }
     module = ExportModule(predictor.pixel_model).eval()
     example = _example_input(INPUT_DTYPES[input_dtype], 4)

@@ -44,6 +44,7 @@ from mnist_nn.core.device import (
 from mnist_nn.core.errors import Interrupted, UserError, option
 from mnist_nn.data.augment import augment_batch
 from mnist_nn.data.datasets import DeviceLoader
+from mnist_nn.models.calibration import fit_temperature
 from mnist_nn.models.checkpoint import CheckpointMeta, Position, TrainState, load_weights, save_checkpoint
 from mnist_nn.models.networks import build_model, convert_sync_batchnorm, count_parameters, get_model_spec
 from mnist_nn.models.scoring import Evaluation, evaluate, model_outputs
@@ -66,6 +67,7 @@ from mnist_nn.training.run_plan import (
     RunData,
     RunPlan,
     check_run_dir,
+    discard_unstarted,
     load_run_data,
     make_optimizer,
     plan_run,
@@ -143,6 +145,7 @@ def train(recipe: str | Recipe | None = None, options: RunOptions | None = None,
     wall_start = time.perf_counter()
     threads = configure_cpu()
     context, device = distributed.setup(resolve_device(options.device), options.dist_backend)
+    plan = None
     try:
         plan = context.run_on_main(
             lambda: plan_run(
@@ -161,6 +164,8 @@ def train(recipe: str | Recipe | None = None, options: RunOptions | None = None,
         result = Trainer(plan, options, context, device, threads, choice).fit(wall_start)
     except BaseException:
         context.close(clean=False)
+        if plan is not None and not context.rank:
+            discard_unstarted(plan)
         raise
     context.close()
     return result
@@ -567,6 +572,7 @@ class Trainer:
 
         def write_results() -> list[Path]:
             metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss, "parameters": self.parameters}
+            self.calibrate(summary)
             save_checkpoint(
                 self.run_dir / CHECKPOINT_NAME, self.eval_model, self.meta, metrics={**metrics, "epoch": selected_epoch}
             )
@@ -575,6 +581,22 @@ class Trainer:
             return self.report.write_results(self.history, test, images, classes, recipe.seed, summary)
 
         return summary, context.run_on_main(write_results)
+
+    def calibrate(self, summary: dict[str, Any]) -> None:
+        """Fit the kept weights' temperature on the validation split, into the model.pt's metadata (Guo et al.
+        2017; see models.calibration). A recipe that holds nothing out keeps T = 1: the test set is for judging,
+        and ``mnist-nn calibrate`` can fit one later."""
+        if self.data.eval_split != "val":
+            return
+        logits = model_outputs(self.eval_model, self.data.eval_x, self.recipe.eval_batch_size, to_cpu=True)
+        fit = fit_temperature(logits, self.data.eval_y)
+        self.meta.calibration = fit.record("validation")
+        summary["temperature"] = fit.temperature
+        self.report.say(
+            f"calibrated on {fit.images:,} validation digits: temperature {fit.temperature:.4g} "
+            f"(NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}, ECE {100 * fit.ece_before:.2f}% -> "
+            f"{100 * fit.ece_after:.2f}%)"
+        )
 
     # ----------------------------------------------------------------- divergence, stops and saves
 
