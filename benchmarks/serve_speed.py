@@ -111,7 +111,18 @@ def medians(runs: list[dict]) -> dict:
 def tutorial_checkpoint(data_dir: str | None, folder: Path) -> str:
     if not data_dir:
         raise SystemExit("serve_speed: give --checkpoint, or MNIST data to train a tutorial checkpoint on")
-    command = [sys.executable, "-m", "mnist_nn", "train", "--recipe", "tutorial", "--epochs", "3", "--out", str(folder / "run")]
+    command = [
+        sys.executable,
+        "-m",
+        "mnist_nn",
+        "train",
+        "--recipe",
+        "tutorial",
+        "--epochs",
+        "3",
+        "--out",
+        str(folder / "run"),
+    ]
     subprocess.run([*command, "--data-dir", data_dir], check=True, stdout=subprocess.DEVNULL)
     return str(folder / "run" / "model.pt")
 

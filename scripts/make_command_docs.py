@@ -138,7 +138,8 @@ records the choice.""",
 Score a checkpoint on the 10,000 test digits: the test accuracy and average loss, the accuracy per
 class, the confusion matrix, and the pairs of digits the model mixes up most. It writes
 `confusion.png` (rows: the true digit, columns: the predicted one) and `mistakes.png` (the most
-confidently wrong test digits) into `evaluation/` beside the checkpoint, or into `--out DIR`.
+confidently wrong test digits) into `evaluation/` beside the checkpoint (for a bundled model,
+`runs/evaluation-NAME/`), or into `--out DIR`.
 
 It also says how far the confidence can be trusted: the expected calibration error (ECE, 15 bins: how
 far "90% sure" is from being right 90% of the time), the negative log-likelihood (NLL) and the
@@ -152,7 +153,7 @@ match, and said so on stderr), else the cache.""",
         intro_zh="""\
 在 10,000 张测试图片上为一个检查点打分：测试准确率和平均损失、每个类别的准确率、混淆矩阵，以及模型最常
 混淆的数字对。它把 `confusion.png`（行是真实数字，列是预测数字）和 `mistakes.png`（模型最有把握却认错了的
-测试图片）写到检查点旁边的 `evaluation/` 文件夹，或写到 `--out DIR`。
+测试图片）写到检查点旁边的 `evaluation/` 文件夹（自带模型则写到 `runs/evaluation-NAME/`），或写到 `--out DIR`。
 
 它还会说明置信度有多可信：期望校准误差（ECE，15 个区间：“90% 有把握”与“90% 的时候是对的”相差多远）、
 负对数似然（NLL）和检查点的温度（见 `mnist-nn calibrate`），并在另外两张图旁边画出 `reliability.png`

@@ -250,7 +250,12 @@ def _evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
         "trained on if it still verifies, then the cache)",
     )
     _add_device_argument(evaluate, "evaluate")
-    evaluate.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: beside the checkpoint)")
+    evaluate.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to write the PNGs (default: evaluation/ beside the checkpoint; runs/evaluation-NAME for a "
+        "bundled model)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

@@ -91,7 +91,8 @@ def evaluate_checkpoint(
     """Score one checkpoint, or an ensemble averaging several checkpoints' probabilities, on the test set.
 
     Writes the confusion heatmap, the gallery of confident mistakes and the reliability diagram to ``out``
-    (default: an ``evaluation`` folder beside the first checkpoint). Returns the report.
+    (default: an ``evaluation`` folder beside the first checkpoint; for a bundled model runs/evaluation-NAME,
+    never a folder inside the installed package). Returns the report.
     """
     from mnist_nn.core.device import configure_cpu, resolve_device
     from mnist_nn.core.fsutil import ensure_writable_dir, write_json
@@ -102,7 +103,7 @@ def evaluate_checkpoint(
     configure_cpu()
     checkpoints = _load_one_dataset_checkpoints(paths, torch_device)
     splits = load_dataset(checkpoints[0].dataset, data_dir)
-    out_dir = Path(out) if out is not None else checkpoints[0].path.parent / "evaluation"
+    out_dir = Path(out) if out is not None else _default_out_dir(checkpoints[0].path)
     ensure_writable_dir(out_dir)
     members = _member_log_probabilities(checkpoints, splits.test_images, torch_device, tta)
     result = evaluation_from_log_probabilities(average_log_probabilities(members), splits.test_labels)
@@ -111,6 +112,15 @@ def evaluate_checkpoint(
     _save_reliability_diagram(report, out_dir / "reliability.png")
     write_json(out_dir / "evaluation.json", report)
     return report
+
+
+def _default_out_dir(checkpoint: Path) -> Path:
+    """An ``evaluation`` folder beside a checkpoint; runs/evaluation-NAME for a bundled model, whose own folder
+    is the installed package (read-only for many users, and not theirs to fill)."""
+    from mnist_nn.models.bundled import bundled_name
+
+    name = bundled_name(checkpoint)
+    return Path("runs") / f"evaluation-{name}" if name else checkpoint.parent / "evaluation"
 
 
 def _load_one_dataset_checkpoints(paths: Sequence[str | os.PathLike], torch_device: torch.device) -> list[Checkpoint]:
