@@ -79,6 +79,17 @@ def test_evaluate_names_the_bundled_model(tmp_path):
 # --------------------------------------------------------------------------- where the figures go
 
 
+def test_evaluate_puts_a_bundled_models_pictures_in_runs_not_in_the_package(random_checkpoint):
+    from mnist_nn.inference.evaluate import _default_out_dir
+    from mnist_nn.models.bundled import resolve_model
+
+    # The bundled model's own folder is the installed package: its pictures go to runs/evaluation-NAME.
+    assert _default_out_dir(resolve_model("robust")) == Path("runs") / "evaluation-robust"
+    assert _default_out_dir(resolve_model("tutorial")) == Path("runs") / "evaluation-tutorial"
+    # A user's checkpoint keeps its evaluation folder beside it.
+    assert _default_out_dir(Path(random_checkpoint)) == Path(random_checkpoint).parent / "evaluation"
+
+
 def test_compare_writes_beside_the_runs_and_another_set_gets_another_file(tmp_path, monkeypatch, capsys):
     from test_compare import _recipe, _row, _summary, make_run
 
