@@ -57,17 +57,22 @@ def lookup_recipe(name: str | Recipe) -> Recipe:
     return load_recipe_file(name) if is_recipe_file(name) else get_recipe(name)
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The table of a TOML file; a missing, unreadable or malformed one is a one-line UserError naming ``what``."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
 def load_recipe_file(path: str | Path) -> Recipe:
     """The recipe a TOML file describes: its ``base`` recipe (default tutorial) with the file's fields."""
     path = Path(path)
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"recipe file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"recipe file {path} cannot be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"recipe file {path} is not valid TOML: {exc}") from None
+    table = read_toml(path, "recipe file")
     return recipe_from_table(table, where=str(path), default_name=path.stem)
 
 

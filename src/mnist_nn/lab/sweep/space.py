@@ -20,19 +20,13 @@ draws one trial's values with Optuna's define-by-run calls, in the file's order.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnist_nn.core.errors import UserError
-from mnist_nn.training.recipe_files import FIELD_TYPES
+from mnist_nn.training.recipe_files import FIELD_TYPES, read_toml
 from mnist_nn.training.recipes import Recipe
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 if TYPE_CHECKING:
     import optuna
@@ -89,14 +83,7 @@ class Dimension:
 def load_space(path: str | Path, base: Recipe) -> list[Dimension]:
     """The dimensions of a space file, each checked against ``base`` (every value must make a valid recipe)."""
     path = Path(path)
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"search space file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"search space file {path} cannot be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"search space file {path} is not valid TOML: {exc}") from None
+    table = read_toml(path, "search space file")
     if not table:
         raise UserError(f"search space file {path} names no field to search")
     dimensions: list[Dimension] = []
