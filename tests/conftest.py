@@ -112,6 +112,14 @@ def random_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+def trained_if_possible(request: pytest.FixtureRequest, random_checkpoint: Path) -> tuple[Path, bool]:
+    """(the briefly trained checkpoint, True) where real MNIST or $MNIST_NN_CHECKPOINT is at hand, else (an
+    untrained one, False): the browser tests check the page's mechanics either way, its answers only when trained."""
+    if os.environ.get("MNIST_NN_CHECKPOINT") or real_mnist_dir() is not None:
+        return request.getfixturevalue("trained_checkpoint"), True
+    return random_checkpoint, False
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory) -> Path:
     """A briefly trained checkpoint on the real MNIST ($MNIST_NN_CHECKPOINT: use that one instead)."""

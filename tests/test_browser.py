@@ -16,15 +16,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import real_mnist_dir
+from conftest import trained_if_possible
 
 
 @pytest.fixture(scope="module")
 def checkpoint(request, random_checkpoint) -> tuple[Path, bool]:
-    """The briefly trained checkpoint where real MNIST (or $MNIST_NN_CHECKPOINT) is at hand, else an untrained one."""
-    if os.environ.get("MNIST_NN_CHECKPOINT") or real_mnist_dir() is not None:
-        return request.getfixturevalue("trained_checkpoint"), True
-    return random_checkpoint, False
+    return trained_if_possible(request, random_checkpoint)
 
 
 @pytest.fixture(scope="module")

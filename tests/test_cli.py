@@ -209,8 +209,8 @@ def test_every_command_has_the_same_device_rule():
                 defaults[name] = (action.default, action.help.split("auto (the default: ")[1][:12])
     # Inference takes the GPU when there is one; training only where a few timed steps are faster there.
     assert defaults == {
-        **dict.fromkeys(["evaluate", "robustness", "predict", "serve"], ("auto", "a CUDA GPU, ")),
-        "train": ("auto", "the CPU or a"),
+        **dict.fromkeys(["evaluate", "calibrate", "robustness", "predict", "serve"], ("auto", "a CUDA GPU, ")),
+        **dict.fromkeys(["train", "sweep"], ("auto", "the CPU or a")),
     }
 
 

@@ -137,7 +137,8 @@ def test_checkpoint_meta_round_trips_through_model_pt(tmp_path):
     assert (loaded.model_name, loaded.mean, loaded.dataset) == ("mlp", 0.1307, "mnist")
     assert CheckpointMeta.from_dict(state.checkpoint.to_dict()) == state.checkpoint
     assert all(
-        torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.model.state_dict().values(), strict=True)
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), loaded.network.state_dict().values(), strict=True)
     )
 
 
@@ -219,8 +220,10 @@ def test_a_run_stopped_by_the_old_trainer_resumes_to_its_uninterrupted_result(co
     # The run is written in today's shape: the recipe fields added since (the ink augmentations)
     # appear at their defaults, which draw nothing; everything the old run said is kept.
     assert new.meta.recipe == Recipe(**old.meta.recipe).to_dict()
-    assert dataclasses.replace(new.meta, recipe=old.meta.recipe) == old.meta
-    for a, b in zip(new.model.state_dict().values(), old.model.state_dict().values(), strict=True):
+    # Runs now end by fitting a temperature on their validation split (the old run predates it).
+    assert new.meta.calibration["fitted_on"] == "validation" and not old.meta.calibration
+    assert dataclasses.replace(new.meta, recipe=old.meta.recipe, calibration=old.meta.calibration) == old.meta
+    for a, b in zip(new.network.state_dict().values(), old.network.state_dict().values(), strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -23,7 +22,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CHROMIUM, assert_one_line_error, free_port, real_mnist_dir, require_browser, run_main
+from conftest import (
+    CHROMIUM,
+    assert_one_line_error,
+    free_port,
+    require_browser,
+    run_main,
+    trained_if_possible,
+)
 
 RUNTIME_VERSION = "1.30.0"
 VENDOR = Path(__file__).resolve().parents[1] / "src/mnist_nn/apps/serve/static/vendor/onnxruntime-web"
@@ -32,10 +38,7 @@ ROBUST = Path(__file__).resolve().parents[1] / "src/mnist_nn/models/pretrained/r
 
 @pytest.fixture(scope="module")
 def checkpoint(request, random_checkpoint) -> tuple[Path, bool]:
-    """The briefly trained checkpoint where real MNIST (or $MNIST_NN_CHECKPOINT) is at hand, else an untrained one."""
-    if os.environ.get("MNIST_NN_CHECKPOINT") or real_mnist_dir() is not None:
-        return request.getfixturevalue("trained_checkpoint"), True
-    return random_checkpoint, False
+    return trained_if_possible(request, random_checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -286,9 +286,12 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"{report['model']} on {report['dataset']} test set ({report['test_size']:,} images)",
         f"accuracy {100 * report['test_accuracy']:.2f}%  loss {report['test_loss']:.4f}  errors {report['errors']}",
-        f"calibration: ECE {100 * report['ece']:.2f}% ({report['ece_bins']} bins)  NLL {report['nll']:.4f}  "
-        f"temperature {_temperatures(report['temperature'])}",
     ]
+    if "ece" in report:  # an evaluation.json written before calibration was measured has none
+        lines.append(
+            f"calibration: ECE {100 * report['ece']:.2f}% ({report['ece_bins']} bins)  NLL {report['nll']:.4f}  "
+            f"temperature {_temperatures(report['temperature'])}"
+        )
     for path, accuracy in report.get("member_accuracy", {}).items():
         lines.append(f"  member {path}: {100 * accuracy:.2f}%")
     lines += ["", "per-class accuracy:"]
@@ -305,7 +308,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [f"  {p['true']:>{width}} -> {p['predicted']:<{width}}  {p['count']:>5}" for p in confused]
     files = report["files"]
     lines += ["", f"heatmap: {files['confusion']}", f"mistakes: {files['mistakes']}"]
-    lines.append(f"reliability diagram: {files['reliability']}")
+    if "reliability" in files:
+        lines.append(f"reliability diagram: {files['reliability']}")
     return "\n".join(lines)
 
 

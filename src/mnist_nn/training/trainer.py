@@ -571,23 +571,24 @@ class Trainer:
             summary["processes"] = context.world_size
 
         def write_results() -> list[Path]:
-            metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss, "parameters": self.parameters}
-            self.calibrate(summary)
+            scored = self.calibrate(summary, test)
+            metrics = {"test_accuracy": scored.accuracy, "test_loss": scored.loss, "parameters": self.parameters}
             save_checkpoint(
                 self.run_dir / CHECKPOINT_NAME, self.eval_model, self.meta, metrics={**metrics, "epoch": selected_epoch}
             )
             summary["wall_seconds"] = time.perf_counter() - wall_start
             images, classes = data.splits.test_images, data.splits.spec.classes
-            return self.report.write_results(self.history, test, images, classes, recipe.seed, summary)
+            return self.report.write_results(self.history, scored, images, classes, recipe.seed, summary)
 
         return summary, context.run_on_main(write_results)
 
-    def calibrate(self, summary: dict[str, Any]) -> None:
+    def calibrate(self, summary: dict[str, Any], test: Evaluation) -> Evaluation:
         """Fit the kept weights' temperature on the validation split, into the model.pt's metadata (Guo et al.
-        2017; see models.calibration). A recipe that holds nothing out keeps T = 1: the test set is for judging,
-        and ``mnist-nn calibrate`` can fit one later."""
+        2017; see models.calibration), and return the test scores of the model.pt as saved: its logits divided
+        by the temperature (the same labels; the loss is what `mnist-nn evaluate` then reports). A recipe that
+        holds nothing out keeps T = 1: the test set is for judging, and ``mnist-nn calibrate`` can fit one later."""
         if self.data.eval_split != "val":
-            return
+            return test
         logits = model_outputs(self.eval_model, self.data.eval_x, self.recipe.eval_batch_size, to_cpu=True)
         fit = fit_temperature(logits, self.data.eval_y)
         self.meta.calibration = fit.record("validation")
@@ -597,6 +598,10 @@ class Trainer:
             f"(NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}, ECE {100 * fit.ece_before:.2f}% -> "
             f"{100 * fit.ece_after:.2f}%)"
         )
+        logits = test.logits / fit.temperature
+        loss = nn.functional.cross_entropy(logits, test.labels, reduction="sum").double().item() / len(test.labels)
+        summary["test_loss"] = loss
+        return replace(test, logits=logits, loss=loss)
 
     # ----------------------------------------------------------------- divergence, stops and saves
 
