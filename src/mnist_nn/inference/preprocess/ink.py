@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from skimage.filters import gaussian
 
-from mnist_nn.inference.preprocess.arrays import as_seen, border, median
+from mnist_nn.inference.preprocess.arrays import as_seen, border, median, percentile
 from mnist_nn.inference.preprocess.components import Component, connected_components
 from mnist_nn.inference.preprocess.errors import NoDigitFound
 from mnist_nn.inference.preprocess.light import flatten_light
@@ -74,7 +74,8 @@ def extract_ink(gray: np.ndarray) -> Ink:
     # Light scales what a light page reflects: ink in a shadow is as much darker than its paper as in
     # full light, so dark ink's strength is its paper's brightness lost, relative to that paper (the
     # paper at least a grey level bright, so black paper divides by no zero).
-    gain = float(np.median(paper[::PAPER_SAMPLE_STEP, ::PAPER_SAMPLE_STEP])) / np.maximum(paper, 1.0)
+    # Light ink on a dark page is not scaled, and skips the median.
+    gain = _gain(paper) if inverted else 1.0
     signal = _against_paper(work, paper, gain, inverted)
     # The paper's level and noise from the pixels below it only: ink lies on the other side.
     level = median(border(signal))
@@ -116,7 +117,12 @@ def _denoised(work: np.ndarray) -> np.ndarray:
     return gaussian(work, sigma=DENOISE_SIGMA, preserve_range=True).astype(np.float32)
 
 
-def _against_paper(image: np.ndarray, paper: np.ndarray, gain: np.ndarray, inverted: bool) -> np.ndarray:
+def _gain(paper: np.ndarray) -> np.ndarray:
+    """Per pixel, how much light its paper lost against the page's typical paper (sampled every few pixels)."""
+    return float(np.median(paper[::PAPER_SAMPLE_STEP, ::PAPER_SAMPLE_STEP])) / np.maximum(paper, 1.0)
+
+
+def _against_paper(image: np.ndarray, paper: np.ndarray, gain: np.ndarray | float, inverted: bool) -> np.ndarray:
     """How far each pixel stands out from the paper towards the ink (dark ink scaled by the light's ``gain``)."""
     return (paper - image) * gain if inverted else image - paper
 
@@ -172,7 +178,7 @@ def _ink(found: _Found, inverted: bool, scale: float) -> Ink:
     components = [c for c in found.components if found.strong[c.label]]
     labels = np.where(mask, found.labels, 0)
     # Strength of a full stroke: a high percentile of the ink, so a few dark specks do not set it.
-    full = max(float(np.percentile(found.signal[mask], FULL_STROKE_PERCENTILE)), found.high + FULL_STROKE_MARGIN)
+    full = max(percentile(found.signal[mask], FULL_STROKE_PERCENTILE), found.high + FULL_STROKE_MARGIN)
     pixels = np.clip(found.signal / full, 0.0, 1.0) * 255.0
     pixels[~mask] = 0.0
     return Ink(

@@ -52,7 +52,9 @@ def _centred(box: np.ndarray) -> np.ndarray:
     total = float(box.sum())
     if total <= 0:
         raise NoDigitFound(NOTHING_TO_FIT)
-    rows, cols = np.indices(box.shape)
+    # Index columns broadcast against the box: the same products and sums as full index grids, unallocated.
+    rows = np.arange(box.shape[0])[:, None]
+    cols = np.arange(box.shape[1])[None, :]
     com_y = float((rows * box).sum() / total)
     com_x = float((cols * box).sum() / total)
     # MNIST shifted by whole pixels (its centres of mass spread +-0.5 px around 14).

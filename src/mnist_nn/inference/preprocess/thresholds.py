@@ -63,6 +63,7 @@ VISIBLE_NOISE = 8.0  # ...and by 8 sigma of the paper's noise: fainter marks are
 # Under 6 sigma of noise, or 4 grey levels, nothing is there at all: "no ink" (blank, uniform), not "too faint".
 BLANK_NOISE = 6.0
 BLANK_CONTRAST = 4.0
+PERCENT = 100  # percentiles are given in percent, as numpy's are (arrays.percentile)
 FULL_STROKE_PERCENTILE = 90  # a full stroke's strength: the ink's 90th percentile, so a few dark specks do not set it
 FULL_STROKE_MARGIN = 1.0  # ...and at least a grey level over the high threshold, so faint ink is not stretched to noise
 
