@@ -16,7 +16,7 @@ from skimage.filters import gaussian
 from mnist_nn.inference.preprocess.arrays import as_seen, border, median, percentile
 from mnist_nn.inference.preprocess.components import Component, connected_components
 from mnist_nn.inference.preprocess.errors import NoDigitFound
-from mnist_nn.inference.preprocess.light import flatten_light
+from mnist_nn.inference.preprocess.light import clean_paper, flatten_light
 from mnist_nn.inference.preprocess.thresholds import (
     BLANK_CONTRAST,
     BLANK_NOISE,
@@ -69,8 +69,10 @@ def extract_ink(gray: np.ndarray) -> Ink:
     Raises NoDigitFound (with its reason and the mask seen) when nothing stands out from the paper.
     """
     raw, scale = _working_copy(gray)
-    work = _denoised(raw)
-    inverted, paper = flatten_light(work)
+    # A drawing on flat paper (a pad's, an app's export) has neither noise to blur nor light to flatten.
+    clean = min(raw.shape) >= SMALL_IMAGE and clean_paper(raw)
+    work = raw if clean else _denoised(raw)
+    inverted, paper = flatten_light(work, clean)
     # Light scales what a light page reflects: ink in a shadow is as much darker than its paper as in
     # full light, so dark ink's strength is its paper's brightness lost, relative to that paper (the
     # paper at least a grey level bright, so black paper divides by no zero).

@@ -50,7 +50,7 @@ from mnist_nn.inference.preprocess.thresholds import (
 Fill = Callable[[int], np.ndarray]
 
 
-def flatten_light(work: np.ndarray) -> tuple[bool, np.ndarray]:
+def flatten_light(work: np.ndarray, clean: bool = False) -> tuple[bool, np.ndarray]:
     """The ink's polarity (True: dark ink on light paper) and the paper's brightness at every pixel.
 
     The paper is what a morphological closing (dark ink; an opening for light ink) leaves, with a
@@ -58,12 +58,12 @@ def flatten_light(work: np.ndarray) -> tuple[bool, np.ndarray]:
     gradient or a shadow wider than the footprint stays. The footprint starts at 1.5 strokes, grows
     while it leaves sharp-edged ink unfilled, and a footprint half as wide is taken away from the
     ink, where it follows a shadow closer. It is all done on a copy of at most FLAT_SIZE pixels,
-    smoothed and scaled back up.
+    smoothed and scaled back up. ``clean``: the caller found the paper flat already (clean_paper).
     """
     height, width = work.shape
     factor = min(1.0, FLAT_SIZE / max(height, width))
     small = shrink(work, factor)
-    if min(height, width) < SMALL_IMAGE or _clean_paper(work):
+    if min(height, width) < SMALL_IMAGE or clean or clean_paper(work):
         # A digit a few dozen pixels across fills its image: the morphology would find no paper around
         # the strokes at the edges, and the light has no room to vary (scikit-learn's 8x8 digits enlarged
         # 4x: 90.5% read flattened, 91.9% not). A drawing (the page's pad, an app's export) has no light to
@@ -83,7 +83,7 @@ def flatten_light(work: np.ndarray) -> tuple[bool, np.ndarray]:
     return inverted, paper
 
 
-def _clean_paper(work: np.ndarray) -> bool:
+def clean_paper(work: np.ndarray) -> bool:
     """Whether the paper is one flat tone, as in a drawing: nothing to flatten.
 
     The whole border lies within CLEAN_PAPER_NOISE grey levels of its median, and so does at least
