@@ -570,6 +570,13 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         type=int,
         help="server processes sharing the port (default: one per CPU core, at most 4, on the CPU under Linux; else 1)",
     )
+    serve.add_argument(
+        "--engine",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="what runs the model: onnx (ONNX Runtime, on the CPU: 2-4x faster on small batches; needs the export "
+        "extra), torch (PyTorch), or auto (default): onnx when the export extra is installed and the device is the CPU",
+    )
     _serve_guard_arguments(serve)
 
 
@@ -634,6 +641,7 @@ def _serve(args: argparse.Namespace) -> int:
     checkpoint = _chosen_model(args.model, args.checkpoint)
     limits = Limits(args.header_timeout, args.body_timeout, args.max_connections)
     options = {"allowed_hosts": args.allowed_host, "cors_origins": args.cors_origin, "limits": limits}
+    options["engine"] = args.engine
     run(checkpoint, host=args.host, port=args.port, device=args.device, workers=args.workers, **options)
     return 0
 

@@ -151,6 +151,8 @@ class Predictor:
         self.metadata = {**metadata, "zoom": zoom}
         self.zoom = zoom
         self.device = next(iter(self.pixel_model.parameters()), torch.empty(0)).device
+        # What computes the probabilities when set (engine.choose_engine: ONNX Runtime for a server); None: PyTorch.
+        self.engine: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", zoom: float | None = None) -> Predictor:
@@ -189,6 +191,9 @@ class Predictor:
             tensor = tensor.unsqueeze(0)
         if tensor.dim() != 3 or tuple(tensor.shape[1:]) != (28, 28):
             raise ValueError(f"expected pixels of shape [N, 28, 28], got {list(tensor.shape)}")
+
+        if self.engine is not None:
+            return self.engine(tensor)
 
         def score(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
             return model(batch.to(self.device)).float().softmax(1)

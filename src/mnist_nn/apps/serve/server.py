@@ -108,6 +108,7 @@ def run(
     allowed_hosts: Iterable[str] = (),
     cors_origins: Iterable[str] = (),
     limits: Limits | None = None,
+    engine: str = "auto",
 ) -> None:
     """Serve ``checkpoint`` until Ctrl-C or SIGTERM. Only this path is ever loaded, never one a client sends.
 
@@ -115,11 +116,13 @@ def run(
     are answered there too, larger images in a few worker threads (see app._is_small).
     ``workers``: processes sharing the port (default: ``default_workers(device)``). ``allowed_hosts``: Host
     names answered besides ``host`` and loopback's; ``cors_origins``: other origins whose pages may call the
-    API (policy.py). ``limits``: timeouts and the connection cap (protocol.py).
+    API (policy.py). ``limits``: timeouts and the connection cap (protocol.py). ``engine``: what runs the
+    model (inference/engine.py: auto, torch or onnx).
     """
     import torch
 
     from mnist_nn.core.device import resolve_device
+    from mnist_nn.inference.engine import choose_engine
     from mnist_nn.inference.predictor import Predictor
 
     from .app import create_app, warm_up
@@ -136,12 +139,16 @@ def run(
     # One intra-op thread per request: large requests run side by side in worker threads (one per
     # core), and a 1x784 forward pass gains nothing from splitting, only synchronisation.
     torch.set_num_threads(int(os.environ.get("MNIST_NN_THREADS") or 1))
+    predictor.engine = choose_engine(predictor, engine, device)
     app = create_app(predictor, policy=policy)
     warm_up(predictor)
+    if predictor.engine is not None and workers > 1:
+        predictor.engine.close()  # each worker builds its own session after the fork (engine.OnnxEngine)
     shown = f"[{host}]" if ":" in host else host
     meta = predictor.metadata
     accuracy = f", test accuracy {100 * meta['test_accuracy']:.2f}%" if meta.get("test_accuracy") else ""
     processes = f"{workers} worker processes, " if workers > 1 else ""
+    processes += f"{predictor.engine.name if predictor.engine else 'PyTorch'}, "
     print(
         f"serving {model_title(checkpoint, meta['model'])} ({meta['dataset']}{accuracy}) at http://{shown}:{port}/ "
         f"(API docs: http://{shown}:{port}/docs); {processes}Ctrl-C to stop",
