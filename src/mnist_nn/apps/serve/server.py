@@ -119,13 +119,10 @@ def run(
     API (policy.py). ``limits``: timeouts and the connection cap (protocol.py). ``engine``: what runs the
     model (inference/engine.py: auto, torch or onnx).
     """
-    import torch
-
     from mnist_nn.core.device import resolve_device
-    from mnist_nn.inference.engine import choose_engine
     from mnist_nn.inference.predictor import Predictor
 
-    from .app import create_app, warm_up
+    from .app import create_app
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be from 1 to 65535, got {port}")
@@ -136,14 +133,8 @@ def run(
     limits = _checked(limits or Limits())
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     sockets = bind(host, port, copies=workers)
-    # One intra-op thread per request: large requests run side by side in worker threads (one per
-    # core), and a 1x784 forward pass gains nothing from splitting, only synchronisation.
-    torch.set_num_threads(int(os.environ.get("MNIST_NN_THREADS") or 1))
-    predictor.engine = choose_engine(predictor, engine, device)
+    _ready(predictor, engine, device, workers)
     app = create_app(predictor, policy=policy)
-    warm_up(predictor)
-    if predictor.engine is not None and workers > 1:
-        predictor.engine.close()  # each worker builds its own session after the fork (engine.OnnxEngine)
     shown = f"[{host}]" if ":" in host else host
     meta = predictor.metadata
     accuracy = f", test accuracy {100 * meta['test_accuracy']:.2f}%" if meta.get("test_accuracy") else ""
@@ -165,6 +156,23 @@ def run(
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _ready(predictor: Any, engine: str, device: str, workers: int) -> None:
+    """Give ``predictor`` its threads and engine, and warm it up, before the workers are forked."""
+    import torch
+
+    from mnist_nn.inference.engine import choose_engine
+
+    from .app import warm_up
+
+    # One intra-op thread per request: large requests run side by side in worker threads (one per
+    # core), and a 1x784 forward pass gains nothing from splitting, only synchronisation.
+    torch.set_num_threads(int(os.environ.get("MNIST_NN_THREADS") or 1))
+    predictor.engine = choose_engine(predictor, engine, device)
+    warm_up(predictor)
+    if predictor.engine is not None and workers > 1:
+        predictor.engine.close()  # each worker builds its own session after the fork (engine.OnnxEngine)
 
 
 def _checked_workers(workers: int, device: str) -> int:
