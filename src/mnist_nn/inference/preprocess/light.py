@@ -180,9 +180,9 @@ def _polarity(small: np.ndarray, with_stroke: bool = False) -> tuple[bool, float
     whose area / skeleton length is its stroke width. The median background (the costly part on a
     small image) is computed only when the extremes do not settle the polarity or a width is asked for.
     """
-    tiny = shrink(small, min(1.0, POLARITY_SIZE / max(small.shape)))
-    rough = functools.cache(lambda: _rough_background(tiny))
-    inverted = _dark_ink(small, lambda: tiny - rough())
+    tiny = functools.cache(lambda: shrink(small, min(1.0, POLARITY_SIZE / max(small.shape))))
+    rough = functools.cache(lambda: _rough_background(tiny()))
+    inverted = _dark_ink(small, lambda: tiny() - rough())
     if not with_stroke:
         return inverted, 1.0
     background = rough()
