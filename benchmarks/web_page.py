@@ -8,7 +8,8 @@ MNIST test digits, each drawn as the pad would hold it (dark on white, 112x112):
 preprocessing (static/preprocess.js) and ``window.mnistNN.predict``, timed together with
 performance.now() (preprocessing included), as median and p95 milliseconds; the model alone too.
 First-load bytes are the files the page fetched until ``window.mnistNN.ready`` resolved, as stored
-and gzipped (level 6, what web servers commonly use). Goal: median <= 5 ms for robust. Without the
+and gzipped (level 6, what web servers commonly use); the page's threads are recorded too (several only
+where it is cross-origin isolated, on 3 cores or more). Goal: median <= 5 ms for robust. Without the
 MNIST files the digits are drawn strokes (benchmarks/load.py's) instead. Writes web-page.json.
 """
 
@@ -95,9 +96,13 @@ def measure(model: str, pads: list[list[int]], labels: list[int] | None, folder:
             fetched: list[str] = []
             page.on("request", lambda request: fetched.append(urlparse(request.url).path))
             page.goto(url)
+            # The first visit registers the folder's service worker and reloads once, isolated: wait for that.
+            page.wait_for_function("() => window.mnistNN")
             page.evaluate("window.mnistNN.ready.then(() => true)")
             loaded = sorted(set(fetched))
             timings = page.evaluate(TIME_DIGITS, pads)
+            timings["isolated"] = page.evaluate("self.crossOriginIsolated")
+            timings["threads"] = page.evaluate("window.mnistNN.threads")
             browser.close()
     finally:
         server.terminate()
@@ -131,6 +136,9 @@ def _summary(model: str, site: Path, loaded: list[str], timings: dict, labels: l
         "first_load": {"files": loaded, "bytes": raw, "gzipped_bytes": zipped},
         "model_bytes": (site / "model.onnx").stat().st_size,
         "read_right": right,
+        # ONNX Runtime Web's threads: several only in a cross-origin isolated page (the folder's service worker).
+        "cross_origin_isolated": timings["isolated"],
+        "threads": timings["threads"],
     }
 
 
@@ -154,7 +162,8 @@ def main() -> int:
                 f"{model}: {time_['median']:.2f} ms per digit median, p95 {time_['p95']:.2f} ms (preprocessing "
                 f"included; model alone {result['ms_model_alone']['median']:.2f} ms) over {result['digits']} digits; "
                 f"first load {load['bytes'] / 1e6:.2f} MB, {load['gzipped_bytes'] / 1e6:.2f} MB gzipped"
-                + ("" if result["read_right"] is None else f"; read right {result['read_right']}/{result['digits']}"),
+                + ("" if result["read_right"] is None else f"; read right {result['read_right']}/{result['digits']}")
+                + f"; {result['threads']} thread(s)",
                 flush=True,
             )
     write_result("web-page", {"browser": "chromium (Debian), headless", "models": results}, args.results)

@@ -101,6 +101,8 @@ class Watched:
 
     def open(self, path: str = "/") -> None:
         self.page.goto(self.origin + path)
+        # A static folder's first visit registers its service worker and reloads once (cross-origin isolated).
+        self.page.wait_for_function("() => window.mnistNN")
 
     def check_clean(self) -> None:
         assert self.requests and self.foreign == [] and self.errors == []
@@ -116,8 +118,9 @@ def test_export_writes_a_folder_that_needs_no_server(site, checkpoint):
 
     page = (site / "index.html").read_text()
     assert 'data-mode="static"' in page and 'src="static/app.js"' in page and "http" not in page.split("<body")[0]
-    for name in ("app.js", "model.js", "layers.js", "preprocess.js", "style.css"):
+    for name in ("app.js", "model.js", "layers.js", "preprocess.js", "isolation.js", "style.css"):
         assert (site / "static" / name).is_file()
+    assert (site / "isolation-worker.js").is_file() and not (site / "static/isolation-worker.js").exists()
     for name in ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "LICENSE"):
         assert (site / "static/vendor/onnxruntime-web" / name).read_bytes() == (VENDOR / name).read_bytes()
     assert RUNTIME_VERSION in (VENDOR / "README.md").read_text()
@@ -225,6 +228,75 @@ def test_predict_in_the_browser_matches_the_cli_on_200_mnist_digits(
         process.wait(10)
     assert (got.argmax(1) == expected.argmax(1)).all()
     assert np.abs(got - expected).max() < 1e-4
+
+
+# --------------------------------------------------------------------------- threads: cross-origin isolation
+
+
+def _cores(count: int) -> str:
+    """An init script: the page sees ``count`` cores (navigator.hardwareConcurrency)."""
+    return f"Object.defineProperty(Navigator.prototype, 'hardwareConcurrency', {{ get: () => {count} }});"
+
+
+def _threads(page) -> dict:
+    return page.evaluate(
+        "window.mnistNN.ready.then(() => ({isolated: self.crossOriginIsolated, threads: window.mnistNN.threads,"
+        " controlled: !!navigator.serviceWorker.controller}))"
+    )
+
+
+BAR = [255 if 12 <= i % 28 <= 15 and 4 <= i // 28 <= 23 else 0 for i in range(784)]  # a 1, in MNIST form
+
+
+def test_the_exported_page_isolates_itself_for_threads(browser, site, static_url):
+    """python -m http.server sends no isolation headers: on 8 cores the folder's service worker adds them,
+    the page reloads once, isolated, and the model runs on 4 threads (half the cores, up to 4). On 2 cores
+    one thread is all it would get: no worker, no reload. The same answer either way, nothing from elsewhere."""
+    many = Watched(browser, static_url, init_script=_cores(8))
+    many.open()
+    assert _threads(many.page) == {"isolated": True, "threads": 4, "controlled": True}
+    navigations = []
+    many.page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    many.page.reload()
+    many.page.wait_for_function("() => window.mnistNN")
+    assert _threads(many.page)["isolated"] is True and len(navigations) == 1  # no second reload
+    threaded = many.page.evaluate("pixels => window.mnistNN.predict(pixels)", BAR)
+    many.check_clean()
+    # Another page in the worker's scope (here the server's listing of static/) is left as its server sends it.
+    many.page.goto(f"{static_url}/static/")
+    assert many.page.evaluate("[self.crossOriginIsolated, !!navigator.serviceWorker.controller]") == [False, True]
+    many.page.close()
+    two = Watched(browser, static_url, init_script=_cores(2))
+    two.open()
+    assert _threads(two.page) == {"isolated": False, "threads": 1, "controlled": False}
+    single = two.page.evaluate("pixels => window.mnistNN.predict(pixels)", BAR)
+    assert not any(url.endswith("isolation-worker.js") for url in two.requests)
+    two.check_clean()
+    two.page.close()
+    assert len(single) == 10 and abs(sum(single) - 1) < 1e-4
+    assert np.abs(np.asarray(threaded) - single).max() < 1e-6
+
+
+def test_without_its_worker_the_exported_page_runs_on_one_thread(browser, site, tmp_path):
+    """A host that lacks isolation-worker.js (or refuses it): the page stays as it is, one thread, no reload loop."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(site, bare)
+    (bare / "isolation-worker.js").unlink()
+    process, url = _static_server(bare)
+    try:
+        watched = Watched(browser, url, init_script=_cores(8))
+        watched.open()
+        state = _threads(watched.page)
+        probabilities = watched.page.evaluate("pixels => window.mnistNN.predict(pixels)", BAR)
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert state == {"isolated": False, "threads": 1, "controlled": False}
+    assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-4
+    assert watched.foreign == [] and all("404" in error for error in watched.errors)
+    watched.page.close()
 
 
 # --------------------------------------------------------------------------- drawing on the page
@@ -383,6 +455,13 @@ def test_serve_reads_drawings_in_the_browser(browser, server):
     assert not any("/api/predict" in url for url in watched.requests)  # the drawing never went to the server
     assert any(url.endswith("/api/model.onnx") for url in watched.requests)
     assert page.locator("#inside").is_visible()
+    # serve sends the isolation headers itself: threads without a service worker.
+    cores = page.evaluate("navigator.hardwareConcurrency")
+    assert _threads(page) == {"isolated": True, "threads": min(4, math.ceil(cores / 2)), "controlled": False}
+    for path in ("/", "/static/app.js"):
+        with urllib.request.urlopen(server + path) as response:
+            assert response.headers["cross-origin-opener-policy"] == "same-origin"
+            assert response.headers["cross-origin-embedder-policy"] == "require-corp"
     watched.check_clean()
     page.close()
 

@@ -455,8 +455,13 @@ class _HeaderedStatic(StaticFiles):
         await super().__call__(scope, receive, with_headers)
 
 
+# Cross-origin isolation for the page and its files: ONNX Runtime Web runs the model on several threads
+# only in an isolated page (shared memory); the page loads nothing from other origins, so nothing breaks.
+ISOLATION_HEADERS = {"cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp"}
+
+
 def _page_headers(raw: bool = False) -> Any:
-    headers = {"content-security-policy": PAGE_CSP, "x-content-type-options": "nosniff"}
+    headers = {"content-security-policy": PAGE_CSP, "x-content-type-options": "nosniff", **ISOLATION_HEADERS}
     if raw:
         return [(k.encode(), v.encode()) for k, v in headers.items()]
     return headers

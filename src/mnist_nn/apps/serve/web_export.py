@@ -8,7 +8,9 @@ all a browser needs beside the page. The extra outputs are checked against PyTor
 outputs before anything is written.
 
 A static folder (``export_web``) holds the page (index.html, static/ with its scripts, styles and the
-vendored ONNX Runtime Web) and model.onnx: any static file host serves it, no Python behind it.
+vendored ONNX Runtime Web), model.onnx and isolation-worker.js, the service worker that adds the headers
+making the page cross-origin isolated (ONNX Runtime Web's threads need it): any static file host serves
+it, no Python behind it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ STATIC = Path(__file__).resolve().parent / "static"
 WEB_KEY = "mnist_nn.web"  # the ONNX metadata entry holding the page's description of the model
 WEIGHTS_OUTPUT = "first_layer_weights"
 MODEL_FILE = "model.onnx"
+# The static folder's service worker, which makes its page cross-origin isolated (threads for the model);
+# beside index.html, since a worker controls only the pages at or below its own folder.
+ISOLATION_WORKER = "isolation-worker.js"
 # The page's markup says which way it gets its model; the static folder's copy says "static".
 SERVER_MODE = 'data-mode="server"'
 STATIC_MODE = 'data-mode="static"'
@@ -214,6 +219,7 @@ def export_web(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict[st
         shutil.copytree(STATIC, staging / "static")
         page = (STATIC / "index.html").read_text(encoding="utf-8")
         (staging / "static" / "index.html").unlink()
+        (staging / "static" / ISOLATION_WORKER).rename(staging / ISOLATION_WORKER)
         (staging / "index.html").write_text(page.replace(SERVER_MODE, STATIC_MODE, 1), encoding="utf-8")
         (staging / MODEL_FILE).write_bytes(data)
         _replace(staging, target)

@@ -10,11 +10,15 @@
 // the model is model.onnx beside it, and what needs a server (uploads, explanations) is hidden.
 // Other pages can use it too: window.mnistNN.ready, window.mnistNN.predict(pixels) (see the docs).
 
+import { isolate } from "./isolation.js";
 import { BrowserModel } from "./model.js";
 import { LayerPanel } from "./layers.js";
 import { canvasGrey, toMnist } from "./preprocess.js";
 
 const STATIC = document.body.dataset.mode === "static";
+// A static folder's page first makes itself cross-origin isolated (threads for the model): where that
+// takes a reload, nothing more happens in this load, not even window.mnistNN.
+if (STATIC && (await isolate())) await new Promise(() => {});
 const MODEL_URL = STATIC ? "model.onnx" : "api/model.onnx";
 const SERVER_TIMING = { debounce: 120, maxWait: 350 }; // after the pen rests this long, ask; while it moves, this often
 const LOCAL_TIMING = { debounce: 16, maxWait: 40 }; // in the browser an answer takes a millisecond: follow the pen
@@ -351,6 +355,7 @@ async function loadLocal() {
   panel.show(null, null);
   document.getElementById("inside").hidden = false;
   document.body.dataset.engine = "browser";
+  window.mnistNN.threads = local.threads;
   return description;
 }
 
@@ -464,7 +469,7 @@ ready.catch((error) => {
   document.body.dataset.engine = STATIC ? "none" : "server";
   document.body.dataset.engineError = error.message;
 });
-window.mnistNN = { ready, predict, lastInput: null, lastImage: null };
+window.mnistNN = { ready, predict, threads: null, lastInput: null, lastImage: null };
 
 resetPad();
 drawSeen(null);

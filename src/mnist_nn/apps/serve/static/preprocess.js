@@ -20,142 +20,218 @@ const SPECK_SHARE = 0.05;
 const SPECK_PIXELS = 4;
 const MAX_BLOBS = 12;
 
+// Working arrays, kept from one drawing to the next (the pad's size does not change): a fresh 112x112
+// array per step and drawing took about as long as the steps themselves. scratch(key, Type, n) is
+// the first n elements of the array kept under `key`, zeroed.
+const scratchArrays = new Map();
+function scratch(key, Type, length) {
+  let array = scratchArrays.get(key);
+  if (!array || array.length < length) {
+    array = new Type(length);
+    scratchArrays.set(key, array);
+    return array;
+  }
+  array = array.subarray(0, length);
+  array.fill(0);
+  return array;
+}
+
 // Python's round(): halves to the even neighbour.
 function roundHalfEven(x) {
   const r = Math.round(x);
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
+// The k-th smallest of `values` (a typed array this function reorders), by quickselect: afterwards
+// nothing before k is larger and nothing after it smaller. O(n), where sorting a digit's ink was most
+// of the preprocessing's time.
+function select(values, k) {
+  let left = 0;
+  let right = values.length - 1;
+  while (right > left) {
+    const pivot = values[(left + right) >> 1];
+    let i = left;
+    let j = right;
+    while (i <= j) {
+      while (values[i] < pivot) i++;
+      while (values[j] > pivot) j--;
+      if (i <= j) {
+        const t = values[i];
+        values[i++] = values[j];
+        values[j--] = t;
+      }
+    }
+    if (k <= j) right = j;
+    else if (k >= i) left = i;
+    else break;
+  }
+  return values[k];
+}
+
+// The smallest of values[from...]: after select(values, k), the (k+1)-th smallest is values[k + 1...]'s least.
+function leastFrom(values, from) {
+  let least = Infinity;
+  for (let i = from; i < values.length; i++) if (values[i] < least) least = values[i];
+  return least;
+}
+
+// The median of `values`, a typed array this function may reorder.
 function median(values) {
-  const sorted = Float64Array.from(values).sort();
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+  const middle = values.length >> 1;
+  if (values.length % 2) return select(values, middle);
+  const below = select(values, middle - 1);
+  return (below + leastFrom(values, middle)) / 2;
 }
 
-// numpy's percentile with linear interpolation.
+// numpy's percentile with linear interpolation, of a typed array this function may reorder.
 function percentile(values, q) {
-  const sorted = Float64Array.from(values).sort();
-  const position = ((sorted.length - 1) * q) / 100;
+  const position = ((values.length - 1) * q) / 100;
   const below = Math.floor(position);
-  const above = Math.min(below + 1, sorted.length - 1);
-  return sorted[below] + (sorted[above] - sorted[below]) * (position - below);
+  const low = select(values, below);
+  const high = below + 1 < values.length ? leastFrom(values, below + 1) : low;
+  return low + (high - low) * (position - below);
 }
 
-// The frame a BORDER_PARTS-th of the shorter side wide, where the paper is (arrays.border).
+// The frame a BORDER_PARTS-th of the shorter side wide, where the paper is (arrays.border): its
+// values, in a new Float64Array, in no particular order (only their median is used).
 function border(image, width, height) {
   const w = Math.max(1, Math.floor(Math.min(width, height) / BORDER_PARTS));
-  const out = [];
+  const out = scratch("border", Float64Array, width * height);
+  const right = Math.max(w, width - w);
+  let n = 0;
   for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      if (y < w || y >= height - w || x < w || x >= width - w) out.push(image[y * width + x]);
+    const row = y * width;
+    if (y < w || y >= height - w) {
+      for (let x = 0; x < width; x++) out[n++] = image[row + x];
+    } else {
+      for (let x = 0; x < w; x++) out[n++] = image[row + x];
+      for (let x = right; x < width; x++) out[n++] = image[row + x];
     }
   }
-  return out;
+  return out.subarray(0, n);
 }
 
-// 8-connected components of a mask: a label per pixel (0 = none) and each label's area.
-function components(mask, width, height) {
-  const labels = new Int32Array(width * height);
+// 8-connected components of the pixels where signal > low: a label per pixel (0 = none), each label's
+// area (Int32Array, index 0 unused), and the labelled pixels' indices (`order`, the first `count`), so
+// that later steps visit the ink alone rather than the whole pad. Breadth first, with typed arrays.
+function components(signal, low, width, height) {
+  const labels = scratch("labels", Int32Array, width * height);
+  const order = scratch("order", Int32Array, width * height);
   const areas = [0];
-  const stack = [];
-  for (let start = 0; start < mask.length; start++) {
-    if (!mask[start] || labels[start]) continue;
+  let tail = 0;
+  for (let start = 0; start < signal.length; start++) {
+    if (!(signal[start] > low) || labels[start]) continue;
     const label = areas.length;
-    let area = 0;
+    const first = tail;
+    let head = tail;
     labels[start] = label;
-    stack.push(start);
-    while (stack.length) {
-      const i = stack.pop();
-      area += 1;
-      const x = i % width;
-      const y = (i - x) / width;
-      for (let dy = -1; dy <= 1; dy++) {
-        for (let dx = -1; dx <= 1; dx++) {
-          const nx = x + dx;
-          const ny = y + dy;
-          if (nx < 0 || ny < 0 || nx >= width || ny >= height) continue;
-          const j = ny * width + nx;
-          if (mask[j] && !labels[j]) {
+    order[tail++] = start;
+    while (head < tail) {
+      const i = order[head++];
+      const y = (i / width) | 0;
+      const x = i - y * width;
+      const y0 = y > 0 ? y - 1 : 0;
+      const y1 = y < height - 1 ? y + 1 : y;
+      const x0 = x > 0 ? x - 1 : 0;
+      const x1 = x < width - 1 ? x + 1 : x;
+      for (let ny = y0; ny <= y1; ny++) {
+        for (let j = ny * width + x0, end = ny * width + x1; j <= end; j++) {
+          if (signal[j] > low && !labels[j]) {
             labels[j] = label;
-            stack.push(j);
+            order[tail++] = j;
           }
         }
       }
     }
-    areas.push(area);
+    areas.push(tail - first);
   }
-  return { labels, areas };
+  return { labels, areas: Int32Array.from(areas), order: order.subarray(0, tail) };
 }
 
-// The ink as MNIST sees it (ink.extract_ink for clean paper): float [H*W], 0 = paper, a full stroke 255.
-function extractInk(grey, width, height) {
+// The signal of ink against the paper: the border's median is the paper; positive where inked.
+function inkSignal(grey, width, height) {
   const paper = median(border(grey, width, height));
-  const signal = new Float64Array(grey.length);
-  const darkInk = paper >= 128; // the pad is white: dark ink; a dark image has light ink
-  for (let i = 0; i < grey.length; i++) signal[i] = darkInk ? paper - grey[i] : grey[i] - paper;
+  const signal = scratch("signal", Float64Array, grey.length);
+  if (paper >= 128) {
+    for (let i = 0; i < grey.length; i++) signal[i] = paper - grey[i]; // the pad is white: dark ink
+  } else {
+    for (let i = 0; i < grey.length; i++) signal[i] = grey[i] - paper; // a dark image has light ink
+  }
   const level = median(border(signal, width, height));
   let contrast = -Infinity;
   for (let i = 0; i < signal.length; i++) {
-    signal[i] -= level;
-    contrast = Math.max(contrast, signal[i]);
+    const v = signal[i] - level;
+    signal[i] = v;
+    if (v > contrast) contrast = v;
   }
+  return { signal, contrast };
+}
+
+// The ink as MNIST sees it (ink.extract_ink for clean paper, then components.drop_specks): float
+// [H*W], 0 = paper, a full stroke 255, and the box of the ink [y0, x0, y1, x1); null when no digit.
+function extractInk(grey, width, height) {
+  const { signal, contrast } = inkSignal(grey, width, height);
   if (!(contrast >= MIN_INK_CONTRAST)) return null;
   const low = LOW_THRESHOLD * contrast;
   const high = HIGH_THRESHOLD * contrast;
-  const { labels, areas } = components(
-    signal.map((v) => v > low),
-    width,
-    height
-  );
+  const { labels, areas, order } = components(signal, low, width, height);
   const strong = new Uint8Array(areas.length);
-  for (let i = 0; i < signal.length; i++) if (signal[i] > high) strong[labels[i]] = 1;
-  const inked = [];
-  for (let i = 0; i < signal.length; i++) if (labels[i] && strong[labels[i]]) inked.push(signal[i]);
-  const full = Math.max(percentile(inked, FULL_STROKE_PERCENTILE), high + FULL_STROKE_MARGIN);
-  const pixels = new Float64Array(signal.length);
-  const mask = new Uint8Array(signal.length);
-  for (let i = 0; i < signal.length; i++) {
-    if (labels[i] && strong[labels[i]]) {
-      mask[i] = 1;
-      pixels[i] = Math.min(1, Math.max(0, signal[i] / full)) * 255;
+  for (const i of order) if (signal[i] > high) strong[labels[i]] = 1;
+  const inked = scratch("inked", Float64Array, order.length);
+  let n = 0;
+  for (const i of order) if (strong[labels[i]]) inked[n++] = signal[i];
+  const full = Math.max(percentile(inked.subarray(0, n), FULL_STROKE_PERCENTILE), high + FULL_STROKE_MARGIN);
+  const kept = keptBlobs(areas, strong);
+  return kept && inkPixels(signal, labels, order, kept, full, width);
+}
+
+// Blobs smaller than a 20th of the largest (and 4 pixels) are noise (components.drop_specks); null
+// when more than MAX_BLOBS are left. The ink mask is the strong components, whole: its own components
+// are those very components, so their areas are the ones already counted.
+function keptBlobs(areas, strong) {
+  let largest = -Infinity;
+  for (let label = 1; label < areas.length; label++) if (strong[label]) largest = Math.max(largest, areas[label]);
+  const least = Math.max(SPECK_PIXELS, SPECK_SHARE * largest);
+  const kept = new Uint8Array(areas.length);
+  let count = 0;
+  for (let label = 1; label < areas.length; label++) {
+    if (strong[label] && areas[label] >= least) {
+      kept[label] = 1;
+      count += 1;
     }
   }
-  return dropSpecks(pixels, mask, width, height);
+  return count > MAX_BLOBS ? null : kept;
 }
 
-// Blobs smaller than a 20th of the largest (and 4 pixels) are noise (components.drop_specks).
-function dropSpecks(pixels, mask, width, height) {
-  const { labels, areas } = components(mask, width, height);
-  const largest = Math.max(...areas.slice(1));
-  const kept = areas.map((area, label) => label > 0 && area >= Math.max(SPECK_PIXELS, SPECK_SHARE * largest));
-  if (kept.filter(Boolean).length > MAX_BLOBS) return null;
-  for (let i = 0; i < pixels.length; i++) if (!kept[labels[i]]) pixels[i] = 0;
-  return pixels;
-}
-
-// (y0, x0, y1, x1), ends exclusive, of where test(value) holds; null when nowhere.
-function bounds(image, width, height, test) {
-  let y0 = height;
-  let x0 = width;
+// The kept blobs' pixels scaled so that a full stroke is 255, and their box; box null without ink.
+function inkPixels(signal, labels, order, kept, full, width) {
+  const pixels = scratch("pixels", Float64Array, signal.length);
+  let y0 = Infinity;
+  let x0 = Infinity;
   let y1 = -1;
   let x1 = -1;
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      if (test(image[y * width + x])) {
-        y0 = Math.min(y0, y);
-        y1 = Math.max(y1, y);
-        x0 = Math.min(x0, x);
-        x1 = Math.max(x1, x);
-      }
+  for (const i of order) {
+    if (!kept[labels[i]]) continue;
+    const v = Math.min(1, Math.max(0, signal[i] / full)) * 255;
+    pixels[i] = v;
+    if (v > 0) {
+      const y = (i / width) | 0;
+      const x = i - y * width;
+      if (y < y0) y0 = y;
+      if (y > y1) y1 = y;
+      if (x < x0) x0 = x;
+      if (x > x1) x1 = x;
     }
   }
-  return y1 < 0 ? null : [y0, x0, y1 + 1, x1 + 1];
+  return { pixels, box: y1 < 0 ? null : [y0, x0, y1 + 1, x1 + 1] };
 }
 
+// The box as float32 (the precision the resampling works in, as Pillow's "F" image).
 function crop(image, width, [y0, x0, y1, x1]) {
-  const out = new Float64Array((y1 - y0) * (x1 - x0));
+  const w = x1 - x0;
+  const out = new Float32Array((y1 - y0) * w);
   for (let y = y0; y < y1; y++) {
-    for (let x = x0; x < x1; x++) out[(y - y0) * (x1 - x0) + (x - x0)] = image[y * width + x];
+    for (let x = x0; x < x1; x++) out[(y - y0) * w + (x - x0)] = image[y * width + x];
   }
   return out;
 }
@@ -170,72 +246,84 @@ function lanczos(x) {
   return x >= -3 && x < 3 ? sinc(x) * sinc(x / 3) : 0;
 }
 
-// Pillow's resampling coefficients (Resample.c, precompute_coeffs) for one axis.
+// Pillow's resampling coefficients (Resample.c, precompute_coeffs) for one axis: each output's first
+// input (start), its number of inputs (count) and their weights, `taps` apart in `weights`.
 function coefficients(inSize, outSize) {
   const scale = inSize / outSize;
   const filterScale = Math.max(1, scale);
   const support = 3 * filterScale;
-  const rows = [];
+  const taps = Math.ceil(support) * 2 + 1;
+  const start = new Int32Array(outSize);
+  const count = new Int32Array(outSize);
+  const weights = new Float64Array(outSize * taps);
   for (let xx = 0; xx < outSize; xx++) {
     const centre = (xx + 0.5) * scale;
     const xmin = Math.max(0, Math.trunc(centre - support + 0.5));
     const xmax = Math.min(inSize, Math.trunc(centre + support + 0.5)) - xmin;
-    const weights = [];
     let total = 0;
     for (let x = 0; x < xmax; x++) {
       const w = lanczos((x + xmin - centre + 0.5) / filterScale);
-      weights.push(w);
+      weights[xx * taps + x] = w;
       total += w;
     }
-    rows.push({ xmin, weights: weights.map((w) => (total !== 0 ? w / total : w)) });
+    if (total !== 0) for (let x = 0; x < xmax; x++) weights[xx * taps + x] /= total;
+    start[xx] = xmin;
+    count[xx] = Math.max(0, xmax);
   }
-  return rows;
+  return { start, count, weights, taps };
+}
+
+// One pass of the resampling, along x (horizontal) or along y: width x height to outWidth x outHeight,
+// the other side unchanged; float32 between passes, as Pillow's.
+function resamplePass(image, width, height, outWidth, outHeight, horizontal) {
+  const { start, count, weights, taps } = coefficients(horizontal ? width : height, horizontal ? outWidth : outHeight);
+  const next = new Float32Array(outWidth * outHeight);
+  for (let y = 0; y < outHeight; y++) {
+    for (let x = 0; x < outWidth; x++) {
+      const o = horizontal ? x : y;
+      const first = horizontal ? y * width + start[o] : start[o] * width + x;
+      const step = horizontal ? 1 : width;
+      let sum = 0;
+      for (let k = 0, at = first, w = o * taps; k < count[o]; k++, at += step, w++) sum += image[at] * weights[w];
+      next[y * outWidth + x] = sum;
+    }
+  }
+  return next;
 }
 
 // Pillow's Image.resize(LANCZOS) of a float32 ("F") image: horizontal pass, then vertical, float32 between.
 function resizeLanczos(image, width, height, outWidth, outHeight) {
   let current = image;
-  let w = width;
-  if (outWidth !== width) {
-    const coeffs = coefficients(width, outWidth);
-    const next = new Float32Array(outWidth * height);
-    for (let y = 0; y < height; y++) {
-      for (let x = 0; x < outWidth; x++) {
-        const { xmin, weights } = coeffs[x];
-        let sum = 0;
-        for (let k = 0; k < weights.length; k++) sum += current[y * w + xmin + k] * weights[k];
-        next[y * outWidth + x] = sum;
-      }
-    }
-    current = next;
-    w = outWidth;
-  }
-  if (outHeight !== height) {
-    const coeffs = coefficients(height, outHeight);
-    const next = new Float32Array(w * outHeight);
-    for (let y = 0; y < outHeight; y++) {
-      const { xmin, weights } = coeffs[y];
-      for (let x = 0; x < w; x++) {
-        let sum = 0;
-        for (let k = 0; k < weights.length; k++) sum += current[(xmin + k) * w + x] * weights[k];
-        next[y * w + x] = sum;
-      }
-    }
-    current = next;
-  }
-  return Float32Array.from(current, (v) => Math.min(255, Math.max(0, v)));
+  if (outWidth !== width) current = resamplePass(current, width, height, outWidth, height, true);
+  if (outHeight !== height) current = resamplePass(current, outWidth, height, outWidth, outHeight, false);
+  const out = new Float32Array(current.length);
+  for (let i = 0; i < out.length; i++) out[i] = Math.min(255, Math.max(0, current[i]));
+  return out;
 }
 
 // The crop scaled so that its half-strength box's longer side is 20 px (normalize._fitted).
 function fitted(image, width, height) {
   let peak = 0;
-  for (const v of image) peak = Math.max(peak, Math.fround(v));
-  const [y0, x0, y1, x1] = bounds(image, width, height, (v) => Math.fround(v) >= HALF_STRENGTH * peak);
-  const factor = MNIST_BOX / Math.max(y1 - y0, x1 - x0);
+  for (let i = 0; i < image.length; i++) if (image[i] > peak) peak = image[i];
+  const half = HALF_STRENGTH * peak;
+  let y0 = height;
+  let x0 = width;
+  let y1 = -1;
+  let x1 = -1;
+  for (let y = 0, i = 0; y < height; y++) {
+    for (let x = 0; x < width; x++, i++) {
+      if (image[i] >= half) {
+        if (y < y0) y0 = y;
+        if (y > y1) y1 = y;
+        if (x < x0) x0 = x;
+        if (x > x1) x1 = x;
+      }
+    }
+  }
+  const factor = MNIST_BOX / Math.max(y1 + 1 - y0, x1 + 1 - x0);
   const outWidth = Math.max(1, roundHalfEven(width * factor));
   const outHeight = Math.max(1, roundHalfEven(height * factor));
-  const f32 = Float32Array.from(image);
-  return { pixels: resizeLanczos(f32, width, height, outWidth, outHeight), width: outWidth, height: outHeight };
+  return { pixels: resizeLanczos(image, width, height, outWidth, outHeight), width: outWidth, height: outHeight };
 }
 
 // The fitted digit in 28x28, its centre of mass moved to (14, 14) by whole pixels (normalize._centred).
@@ -255,11 +343,9 @@ function centred({ pixels, width, height }) {
   const top = roundHalfEven(MNIST_CENTRE - sy / total);
   const left = roundHalfEven(MNIST_CENTRE - sx / total);
   const out = new Float32Array(MNIST_SIZE * MNIST_SIZE);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      const ty = y + top;
-      const tx = x + left;
-      if (ty >= 0 && tx >= 0 && ty < MNIST_SIZE && tx < MNIST_SIZE) out[ty * MNIST_SIZE + tx] = pixels[y * width + x];
+  for (let y = Math.max(0, -top); y < Math.min(height, MNIST_SIZE - top); y++) {
+    for (let x = Math.max(0, -left); x < Math.min(width, MNIST_SIZE - left); x++) {
+      out[(y + top) * MNIST_SIZE + x + left] = pixels[y * width + x];
     }
   }
   return out;
@@ -269,11 +355,9 @@ function centred({ pixels, width, height }) {
 // when there is no digit (no ink, too faint, too many blobs).
 export function toMnist(grey, width, height) {
   const ink = extractInk(grey, width, height);
-  if (!ink) return null;
-  const box = bounds(ink, width, height, (v) => v > 0);
-  if (!box) return null;
-  const [y0, x0, y1, x1] = box;
-  return centred(fitted(crop(ink, width, box), x1 - x0, y1 - y0));
+  if (!ink || !ink.box) return null;
+  const [y0, x0, y1, x1] = ink.box;
+  return centred(fitted(crop(ink.pixels, width, ink.box), x1 - x0, y1 - y0));
 }
 
 // A canvas's grey levels (ITU-R 601-2 luma, as Pillow's convert("L")), row by row.
